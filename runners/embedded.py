@@ -1,0 +1,48 @@
+"""The embedded default: tiny models built once per cache folder and reused, named ``embedded:<name>``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .config import EMBEDDED_PREFIX
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED_MODELS = ("tiny-sd", "tiny-clip")
+_BUILD_VERSION = "1"  # bump when a builder in spqr_runners.tiny changes, so old copies are rebuilt
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("SPQR_CACHE", Path.home() / ".cache" / "spqr"))
+
+
+def embedded_model_path(model_id: str, cache_dir: Path) -> Path:
+    """Return the folder of an embedded model, building it there first if it is missing."""
+    from . import tiny
+
+    name = model_id[len(EMBEDDED_PREFIX):] if model_id.startswith(EMBEDDED_PREFIX) else model_id
+    builders = {"tiny-sd": tiny.build_tiny_pipeline, "tiny-clip": tiny.build_tiny_clip}
+    if name not in builders:
+        raise ValueError(
+            f"Unknown embedded model {model_id!r}; known: {', '.join(EMBEDDED_PREFIX + n for n in builders)}"
+        )
+    folder = Path(cache_dir) / "embedded" / f"{name}-v{_BUILD_VERSION}"
+    if folder.is_dir():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # Build in a temporary folder and rename, so a crash never leaves a half-written model behind.
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{name}-"))
+    try:
+        builders[name](staging / "model")
+        os.replace(staging / "model", folder)
+    except OSError:
+        if not folder.is_dir():  # another process finished first; its copy is identical
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    logger.info("Built embedded model %s in %s", model_id, folder)
+    return folder
