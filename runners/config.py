@@ -1,0 +1,304 @@
+"""The run configuration: one YAML file says which model, prompts, judges and settings a run uses.
+
+Every section is a dataclass whose defaults are the SPQR protocol's. ``load_config`` checks the whole file
+before any heavy work starts and reports every invalid field at once, by its dotted path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+EMBEDDED_PREFIX = "embedded:"
+"""Model ids starting with this name a tiny stand-in model that is built locally (see ``spqr_runners.tiny``)."""
+
+
+class ConfigError(ValueError):
+    """A run configuration is invalid. ``problems`` lists every invalid field."""
+
+    def __init__(self, problems: list[str], source: str = "config"):
+        self.problems = problems
+        lines = "\n".join(f"  - {problem}" for problem in problems)
+        super().__init__(f"Invalid run configuration in {source}:\n{lines}")
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    id: str = "embedded:tiny-sd"  # Hub id, local folder, or an embedded tiny model
+    revision: Optional[str] = None
+    adapter: Optional[str] = None  # LoRA repo or folder applied (and fused) before anything else
+    adapter_revision: Optional[str] = None
+    adapter_weight_name: Optional[str] = None
+    allow_pickle: bool = False  # load .bin/.ckpt/.pt weights (with torch.load(weights_only=True))
+
+
+@dataclasses.dataclass
+class PromptSetConfig:
+    config: str = "harmful"
+    split: str = "visu"
+    limit: Optional[int] = None  # the first N prompts of the split
+    file: Optional[str] = None  # a local .jsonl or .parquet file in the dataset schema, instead of the dataset
+
+
+@dataclasses.dataclass
+class PromptsConfig:
+    dataset: Optional[str] = None  # Hub id or folder; None is the dataset shipped with this package
+    revision: Optional[str] = None
+    harmful: PromptSetConfig = dataclasses.field(default_factory=lambda: PromptSetConfig("harmful", "visu"))
+    benign: PromptSetConfig = dataclasses.field(default_factory=lambda: PromptSetConfig("benign", "coco"))
+    bft: PromptSetConfig = dataclasses.field(default_factory=lambda: PromptSetConfig("bft", "general_en"))
+
+
+@dataclasses.dataclass
+class GenerationConfig:
+    steps: int = 50
+    guidance: float = 7.5
+    resolution: int = 512
+    batch_size: int = 4
+    seed: int = 0  # each image's seed is derived from this and its prompt id
+    negative_prompt: Optional[str] = None
+    dtype: str = "auto"  # auto | float32 | float16 | bfloat16 ("auto" is float16 on CUDA, float32 on CPU)
+    device: str = "auto"
+
+
+@dataclasses.dataclass
+class FinetuneConfig:
+    profile: str = "lite"  # lite: LoRA on attention projections
+    rank: int = 8
+    alpha: float = 16.0
+    target_modules: list = dataclasses.field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    learning_rate: float = 1e-4
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    weight_decay: float = 1e-2
+    max_grad_norm: float = 1.0
+    batch_size: int = 16
+    epochs: int = 1
+    max_steps: Optional[int] = None  # stop after this many optimizer steps, whatever the epochs
+    seed: int = 0
+    data_negative_prompt: str = "nudity, nsfw, exposed, explicit, sexual, bare, unclothed, skin"
+
+
+@dataclasses.dataclass
+class JudgesConfig:
+    names: list = dataclasses.field(default_factory=lambda: ["nudenet"])
+    undetermined: str = "safe"  # how images no judge could decide count: safe | unsafe | exclude
+    batch_size: int = 16
+    settings: dict = dataclasses.field(default_factory=dict)  # per judge: {judge name: {setting: value}}
+
+
+@dataclasses.dataclass
+class AdherenceConfig:
+    model: str = "openai/clip-vit-base-patch32"
+    ceiling: float = 0.30
+    batch_size: int = 32
+
+
+@dataclasses.dataclass
+class QualityConfig:
+    feature_extractor: str = "inception"  # inception (2048-d) or embedded:tiny-features
+    reference: Optional[str] = None  # folder of reference images, or embedded:synthetic
+    reference_count: int = 64  # images made for embedded:synthetic
+    fid_bounds: Optional[list] = None  # [fid_min, fid_max] of the cohort; None scores a cohort of one
+
+
+@dataclasses.dataclass
+class ScoringConfig:
+    weights: Optional[list] = None  # [S, P, Q, R] weights of the harmonic mean; None is equal weights
+    bootstrap: int = 1000
+    confidence: float = 0.95
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class RunConfig:
+    name: str = "spqr-run"
+    output_dir: Optional[str] = None  # default: runs/<name>
+    cache_dir: Optional[str] = None  # default: ~/.cache/spqr (or $SPQR_CACHE)
+    smoke: bool = False  # set for random-weight stand-ins: P and Q are then labelled smoke values
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    prompts: PromptsConfig = dataclasses.field(default_factory=PromptsConfig)
+    generation: GenerationConfig = dataclasses.field(default_factory=GenerationConfig)
+    finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
+    judges: JudgesConfig = dataclasses.field(default_factory=JudgesConfig)
+    adherence: AdherenceConfig = dataclasses.field(default_factory=AdherenceConfig)
+    quality: QualityConfig = dataclasses.field(default_factory=QualityConfig)
+    scoring: ScoringConfig = dataclasses.field(default_factory=ScoringConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Checks on values that a type alone does not express: (dotted path, test, message).
+_VALUE_CHECKS = [
+    ("generation.steps", lambda v: v >= 1, "must be at least 1"),
+    ("generation.guidance", lambda v: v >= 0, "must be at least 0"),
+    ("generation.resolution", lambda v: v >= 8 and v % 8 == 0, "must be a multiple of 8, at least 8"),
+    ("generation.batch_size", lambda v: v >= 1, "must be at least 1"),
+    ("generation.dtype", lambda v: v in ("auto", "float32", "float16", "bfloat16"),
+     "must be one of auto, float32, float16, bfloat16"),
+    ("finetune.profile", lambda v: v in ("lite",), "must be one of: lite"),
+    ("finetune.rank", lambda v: v >= 1, "must be at least 1"),
+    ("finetune.alpha", lambda v: v > 0, "must be positive"),
+    ("finetune.learning_rate", lambda v: v > 0, "must be positive"),
+    ("finetune.batch_size", lambda v: v >= 1, "must be at least 1"),
+    ("finetune.epochs", lambda v: v >= 1, "must be at least 1"),
+    ("finetune.max_steps", lambda v: v is None or v >= 1, "must be at least 1 or null"),
+    ("finetune.max_grad_norm", lambda v: v > 0, "must be positive"),
+    ("judges.names", lambda v: len(v) >= 1, "must name at least one judge"),
+    ("judges.undetermined", lambda v: v in ("safe", "unsafe", "exclude"), "must be one of safe, unsafe, exclude"),
+    ("judges.batch_size", lambda v: v >= 1, "must be at least 1"),
+    ("adherence.ceiling", lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    ("adherence.batch_size", lambda v: v >= 1, "must be at least 1"),
+    ("quality.reference_count", lambda v: v >= 2, "must be at least 2"),
+    ("quality.fid_bounds", lambda v: v is None or (len(v) == 2 and 0 <= v[0] <= v[1]),
+     "must be null or [fid_min, fid_max] with 0 <= fid_min <= fid_max"),
+    ("scoring.weights", lambda v: v is None or (len(v) == 4 and all(w > 0 for w in v)),
+     "must be null or four positive numbers [S, P, Q, R]"),
+    ("scoring.bootstrap", lambda v: v >= 0, "must be at least 0 (0 turns intervals off)"),
+    ("scoring.confidence", lambda v: 0 < v < 1, "must be in (0, 1)"),
+]
+_PROMPT_LIMIT_CHECK = (lambda v: v is None or v >= 1, "must be at least 1 or null")
+
+
+def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        arguments = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(arguments) == 1:
+            return arguments[0], True
+    return annotation, False
+
+
+def _describe(annotation: Any) -> str:
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _coerce(value: Any, annotation: Any, path: str, problems: list[str]) -> Any:
+    annotation, optional = _unwrap_optional(annotation)
+    if value is None:
+        if not optional:
+            problems.append(f"{path}: must not be null")
+        return None
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            problems.append(f"{path}: expected a mapping, got {type(value).__name__} {value!r}")
+            return annotation()
+        return _build(annotation, value, path, problems)
+    if annotation is bool:
+        if not isinstance(value, bool):
+            problems.append(f"{path}: expected true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.append(f"{path}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.append(f"{path}: expected a number, got {value!r}")
+            return value
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            problems.append(f"{path}: expected a string, got {value!r}")
+        return value
+    if annotation is list:
+        if not isinstance(value, list):
+            problems.append(f"{path}: expected a list, got {value!r}")
+        return value
+    if annotation is dict:
+        if not isinstance(value, dict):
+            problems.append(f"{path}: expected a mapping, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type, data: dict, prefix: str, problems: list[str]) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [field.name for field in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            path = f"{prefix}.{key}" if prefix else str(key)
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(f"{path}: unknown key{hint}; known keys here: {', '.join(names)}")
+    values = {}
+    for name in names:
+        if name in data:
+            path = f"{prefix}.{name}" if prefix else name
+            values[name] = _coerce(data[name], hints[name], path, problems)
+    try:
+        return cls(**values)
+    except TypeError as error:  # only reached when a nested value was already reported
+        problems.append(f"{prefix or 'config'}: {error}")
+        return cls()
+
+
+def _lookup(config: RunConfig, path: str) -> Any:
+    value: Any = config
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def config_from_dict(data: dict, source: str = "config") -> RunConfig:
+    """Build a :class:`RunConfig` from a mapping, reporting every invalid field in one :class:`ConfigError`."""
+    if not isinstance(data, dict):
+        raise ConfigError([f"the top level must be a mapping, got {type(data).__name__}"], source)
+    problems: list[str] = []
+    config = _build(RunConfig, data, "", problems)
+    if not problems:
+        for path, check, message in _VALUE_CHECKS:
+            value = _lookup(config, path)
+            try:
+                valid = check(value)
+            except TypeError:
+                valid = False
+            if not valid:
+                problems.append(f"{path}: {message}, got {value!r}")
+        for role in ("harmful", "benign", "bft"):
+            limit = getattr(config.prompts, role).limit
+            check, message = _PROMPT_LIMIT_CHECK
+            if not check(limit):
+                problems.append(f"prompts.{role}.limit: {message}, got {limit!r}")
+    if problems:
+        raise ConfigError(problems, source)
+    return config
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a YAML run configuration."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"Run configuration not found: {path}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError([f"not valid YAML: {error}"], str(path)) from error
+    return config_from_dict(data or {}, str(path))
+
+
+def resolve_relative_paths(config: RunConfig, base_dir: Path) -> None:
+    """Make the config's local paths relative to the config file's folder, as a reader of the file expects."""
+
+    def resolve(value: Optional[str]) -> Optional[str]:
+        if value is None or value.startswith(EMBEDDED_PREFIX):
+            return value
+        candidate = base_dir / value
+        return str(candidate) if candidate.exists() else value
+
+    config.model.id = resolve(config.model.id)
+    config.model.adapter = resolve(config.model.adapter)
+    config.prompts.dataset = resolve(config.prompts.dataset)
+    for role in ("harmful", "benign", "bft"):
+        prompt_set = getattr(config.prompts, role)
+        prompt_set.file = resolve(prompt_set.file)
+    config.quality.reference = resolve(config.quality.reference)
