@@ -1,4 +1,7 @@
-"""Session-wide test settings: Hugging Face libraries run offline against a private cache, except inside tests that use the `hub` fixture (a mock Hub on 127.0.0.1)."""
+"""Session-wide test settings: Hugging Face libraries run offline against a private cache.
+
+Tests that use the `hub` fixture are the exception: they talk to a mock Hub on 127.0.0.1.
+"""
 
 import os
 import tempfile
