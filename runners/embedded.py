@@ -13,7 +13,7 @@ from .config import EMBEDDED_PREFIX
 logger = logging.getLogger(__name__)
 
 EMBEDDED_MODELS = ("tiny-sd", "tiny-clip")
-_BUILD_VERSION = "1"  # bump when a builder in spqr_runners.tiny changes, so old copies are rebuilt
+EMBEDDED_BUILD_VERSION = "2"  # bump when anything in spqr_runners.tiny changes, so old copies are rebuilt
 
 
 def default_cache_dir() -> Path:
@@ -30,7 +30,7 @@ def embedded_model_path(model_id: str, cache_dir: Path) -> Path:
         raise ValueError(
             f"Unknown embedded model {model_id!r}; known: {', '.join(EMBEDDED_PREFIX + n for n in builders)}"
         )
-    folder = Path(cache_dir) / "embedded" / f"{name}-v{_BUILD_VERSION}"
+    folder = Path(cache_dir) / "embedded" / f"{name}-v{EMBEDDED_BUILD_VERSION}"
     if folder.is_dir():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,8 @@ class StageStore:
 
     def __init__(self, run_dir: Path):
         self.folder = Path(run_dir) / "stages"
-        self.timings: dict[str, float] = {}
+        self.timings: dict[str, float] = {}  # seconds each stage took when it ran, this invocation or earlier
+        self.reused: list[str] = []  # stages whose saved record this invocation reused
 
     def path(self, name: str) -> Path:
         return self.folder / f"{name}.json"
@@ -49,7 +50,8 @@ class StageStore:
         if record.get("key") != key:
             logger.info("Stage %s: settings changed since the saved record; running it again", name)
             return None
-        self.timings.setdefault(name, 0.0)
+        self.timings[name] = record.get("seconds", 0.0)
+        self.reused.append(name)
         return record["data"]
 
     def save(self, name: str, key: str, data: dict[str, Any], seconds: float) -> None:

@@ -212,7 +212,7 @@ class TinyFeatureExtractor(nn.Module):
     module, and returns ``num_features`` features per image.
     """
 
-    def __init__(self, num_features: int = 64, seed: int = 0, resolution: int = 32):
+    def __init__(self, num_features: int = 32, seed: int = 0, resolution: int = 32):
         super().__init__()
         self.num_features = num_features
         self.resolution = resolution

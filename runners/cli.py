@@ -1,0 +1,154 @@
+"""The ``spqr`` command line: ``spqr demo``, ``spqr run --config FILE``, and the prompt dataset tools."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any, Sequence
+
+logger = logging.getLogger("spqr_runners")
+
+
+def _setup_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # Third-party libraries stay at WARNING unless -vv is given; their INFO lines drown the stage log.
+    for name in ("diffusers", "transformers", "httpx", "huggingface_hub", "datasets", "urllib3", "filelock"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbosity > 1 else logging.WARNING)
+    if verbosity <= 1:
+        # The per-split "Generating ... split" bars of datasets say nothing about the run's progress.
+        import datasets
+
+        datasets.disable_progress_bars()
+
+
+def format_summary(results: dict[str, Any]) -> str:
+    """Render the scores and the raw values behind them as a plain-text table."""
+    from .results import AXIS_NAMES
+
+    raw = results.get("raw", {})
+    intervals = results.get("intervals") or {}
+    lines = [f"SPQR results ({results['protocol']}) for {results['model']['source']}", ""]
+    lines.append(f"{'axis':<24}{'score':>8}   {'95% interval':<18}")
+    for axis, name in AXIS_NAMES.items():
+        value = results["scores"].get(axis)
+        shown = "n/a" if value is None else f"{value:.3f}"
+        interval = intervals.get(axis)
+        interval_text = f"[{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""
+        lines.append(f"{name:<24}{shown:>8}   {interval_text:<18}")
+    lines.append("")
+    counts = results.get("counts", {})
+    lines.append(
+        f"harmfulness before {raw.get('h_before', float('nan')):.2f}%  after {raw.get('h_after', float('nan')):.2f}%"
+        f"  Δh {raw.get('delta_h', float('nan')):+.2f} points  (n = {counts.get('n_harmful')})"
+    )
+    if raw.get("mean_cosine") is not None:
+        lines.append(f"mean CLIP cosine {raw['mean_cosine']:.4f}  (n = {counts.get('n_benign')})")
+    if raw.get("fid") is not None:
+        lines.append(f"FID {raw['fid']:.3f}  (n = {counts.get('fid_n')})")
+    for flag, value in (results.get("flags") or {}).items():
+        if value:
+            lines.append(f"flag {flag}: {value if isinstance(value, str) else 'set'}")
+    if results.get("smoke_note"):
+        lines.append("")
+        lines.append(results["smoke_note"])
+    timing = results.get("timing_seconds", {})
+    if timing:
+        lines.append("")
+        lines.append("time per stage (s): " + ", ".join(f"{name} {seconds:.1f}" for name, seconds in timing.items()))
+    if results.get("reused_stages"):
+        lines.append("reused from an earlier invocation: " + ", ".join(results["reused_stages"]))
+    return "\n".join(lines)
+
+
+def _run_config(config, args: argparse.Namespace) -> int:
+    from .protocol import ProtocolRun
+
+    if args.output_dir:
+        config.output_dir = args.output_dir
+    if args.cache_dir:
+        config.cache_dir = args.cache_dir
+    run = ProtocolRun(config)
+    results = run.run()
+    print(format_summary(results))
+    print(f"\nResults: {run.output_dir / 'results.json'}\nModel card: {run.output_dir / 'README.md'}")
+    return 0
+
+
+def _command_demo(args: argparse.Namespace) -> int:
+    from .config import config_from_dict
+    import yaml
+
+    text = resources.files("spqr_runners").joinpath("configs/demo.yaml").read_text(encoding="utf-8")
+    config = config_from_dict(yaml.safe_load(text), "the embedded demo configuration")
+    return _run_config(config, args)
+
+
+def _command_run(args: argparse.Namespace) -> int:
+    from .config import load_config, resolve_relative_paths
+
+    config = load_config(args.config)
+    resolve_relative_paths(config, Path(args.config).resolve().parent)
+    if args.check:
+        print(f"{args.config}: valid")
+        return 0
+    return _run_config(config, args)
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output-dir", help="folder for results.json, the model card and stage records "
+                        "(default: runs/<name>)")
+    parser.add_argument("--cache-dir", help="folder for the image cache and built models "
+                        "(default: $SPQR_CACHE or ~/.cache/spqr)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spqr", description="Run the SPQR benchmark for safety-aligned "
+                                     "text-to-image models.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for libraries)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="run the whole protocol on the embedded tiny default (a few minutes "
+                               "on CPU)")
+    _add_run_options(demo)
+    demo.set_defaults(handler=_command_demo)
+
+    run = commands.add_parser("run", help="run the protocol from a YAML configuration")
+    run.add_argument("--config", required=True, help="YAML run configuration")
+    run.add_argument("--check", action="store_true", help="validate the configuration and exit")
+    _add_run_options(run)
+    run.set_defaults(handler=_command_run)
+
+    try:
+        from spqr_dataset.cli import register as register_prompt_commands
+    except ImportError:  # the dataset tools are optional for the runners
+        register_prompt_commands = None
+    if register_prompt_commands is not None:
+        register_prompt_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(-1 if args.quiet else args.verbose)
+    from .config import ConfigError
+
+    try:
+        return int(args.handler(args) or 0)
+    except (ConfigError, FileNotFoundError, ValueError) as error:
+        logger.debug("Command failed", exc_info=True)
+        print(f"spqr: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("spqr: interrupted; finished stages and images are kept, rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

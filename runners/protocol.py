@@ -1,0 +1,239 @@
+"""The SPQR protocol end to end: prompts → generate before → judge → adherence and FID → benign fine-tuning
+→ generate after → judge → score → results.json and model card.
+
+Every stage saves a record when it finishes (see ``stages.py``) and images live in a content-addressed cache
+(see ``generate.py``), so a rerun skips finished work and an interrupted run resumes where it stopped. The
+pipeline is loaded only when a stage that still has work needs it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from .config import RunConfig
+from .embedded import EMBEDDED_BUILD_VERSION, default_cache_dir
+from .generate import ImageCache, ImageRequest, SamplerSettings, generate_images, prompt_seed, write_atomic
+from .pull import ResolvedModel, load_pipeline, resolve_device, resolve_dtype, resolve_model
+from .stages import StageStore, stage_key
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL_ID = "spqr-1"
+STAGES = (
+    "prompts",
+    "generate_before",
+    "judge_before",
+    "adherence",
+    "quality",
+    "bft_data",
+    "finetune",
+    "generate_after",
+    "judge_after",
+    "score",
+)
+
+
+class ProtocolRun:
+    """One run of the protocol for one model and one configuration.
+
+    Args:
+        config: The validated run configuration.
+    """
+
+    def __init__(self, config: RunConfig):
+        self.config = config
+        self.cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+        self.output_dir = Path(config.output_dir) if config.output_dir else Path("runs") / config.name
+        self.stages = StageStore(self.output_dir)
+        self.images = ImageCache(self.cache_dir / "images")
+        self.device = resolve_device(config.generation.device)
+        self.dtype = resolve_dtype(config.generation.dtype, self.device)
+        self._model: ResolvedModel | None = None
+        self._pipeline = None
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def model(self) -> ResolvedModel:
+        if self._model is None:
+            self._model = resolve_model(self.config.model, self.cache_dir)
+        return self._model
+
+    @property
+    def pipeline(self):
+        if self._pipeline is None:
+            with self.stages.timed("load_pipeline"):
+                self._pipeline = load_pipeline(self.model, self.config.model, device=self.device, dtype=self.dtype)
+        return self._pipeline
+
+    def _sampler(self) -> SamplerSettings:
+        generation = self.config.generation
+        scheduler = self.pipeline.scheduler.__class__.__name__ if self._pipeline is not None else ""
+        return SamplerSettings(
+            steps=generation.steps,
+            guidance=generation.guidance,
+            height=generation.resolution,
+            width=generation.resolution,
+            negative_prompt=generation.negative_prompt,
+            scheduler=scheduler,
+        )
+
+    def _stage(self, name: str, key: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        saved = self.stages.load(name, key)
+        if saved is not None:
+            logger.info("Stage %s: finished earlier, reusing its record", name)
+            return saved
+        logger.info("Stage %s: running", name)
+        start = time.perf_counter()
+        data = compute()
+        seconds = time.perf_counter() - start
+        self.stages.save(name, key, data, seconds)
+        self.stages.timings[name] = round(seconds, 3)
+        return data
+
+    def _requests(self, rows: list[dict[str, Any]]) -> list[ImageRequest]:
+        seed = self.config.generation.seed
+        return [ImageRequest(row["id"], row["prompt"], prompt_seed(row["id"], seed)) for row in rows]
+
+    def _generate(self, rows, fingerprint: str, description: str, negative_prompt: str | None = None) -> list[str]:
+        sampler = self._sampler()
+        if negative_prompt is not None:
+            sampler = SamplerSettings(**{**sampler.to_dict(), "negative_prompt": negative_prompt})
+        paths = generate_images(
+            self.pipeline,
+            self._requests(rows),
+            sampler,
+            self.images,
+            fingerprint,
+            batch_size=self.config.generation.batch_size,
+            device=self.device,
+            description=description,
+        )
+        return [str(path) for path in paths]
+
+    # ------------------------------------------------------------------ stages
+
+    def run(self) -> dict[str, Any]:
+        """Run every stage that has not finished yet and return the results (also written to results.json)."""
+        from .prompts import load_prompt_sets
+
+        started = time.perf_counter()
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        config_text = yaml.safe_dump(self.config.to_dict(), sort_keys=False, allow_unicode=True)
+        write_atomic(self.output_dir / "config.yaml", config_text.encode("utf-8"))
+        cfg = self.config
+
+        prompts = self._stage("prompts", stage_key(cfg.prompts), lambda: load_prompt_sets(cfg.prompts))
+        model_key = self.model.fingerprint
+        generation_key = stage_key(cfg.generation, model_key)
+
+        def generate_before() -> dict[str, Any]:
+            return {
+                "harmful": self._generate(prompts["harmful"], model_key, "generate harmful (before BFT)"),
+                "benign": self._generate(prompts["benign"], model_key, "generate benign"),
+            }
+
+        before = self._stage("generate_before", stage_key(generation_key, prompts["key"]), generate_before)
+
+        from .judging import judge_images
+
+        judge_key = stage_key(cfg.judges)
+        verdicts_before = self._stage(
+            "judge_before",
+            stage_key(judge_key, before),
+            lambda: judge_images(before["harmful"], cfg.judges, self.device, "judge harmful (before BFT)"),
+        )
+
+        from .evaluation import measure_adherence, measure_quality
+
+        adherence = self._stage(
+            "adherence",
+            stage_key(cfg.adherence, before["benign"], EMBEDDED_BUILD_VERSION),
+            lambda: measure_adherence(
+                before["benign"], [row["prompt"] for row in prompts["benign"]], cfg.adherence, self.cache_dir,
+                self.device,
+            ),
+        )
+        quality = self._stage(
+            "quality",
+            stage_key(cfg.quality, before["benign"], EMBEDDED_BUILD_VERSION),
+            lambda: measure_quality(before["benign"], cfg.quality, self.cache_dir, self.device),
+        )
+
+        finetune_key = stage_key(cfg.finetune, generation_key, prompts["key"])
+        bft_data = self._stage(
+            "bft_data",
+            finetune_key,
+            lambda: {
+                "images": self._generate(
+                    prompts["bft"], model_key, "synthesise BFT data", negative_prompt=cfg.finetune.data_negative_prompt
+                )
+            },
+        )
+        adapter_dir = self.output_dir / "adapter"
+
+        def finetune() -> dict[str, Any]:
+            from .finetune import train_lora
+
+            record = train_lora(
+                self.pipeline,
+                [Path(path) for path in bft_data["images"]],
+                [row["prompt"] for row in prompts["bft"]],
+                cfg.finetune,
+                adapter_dir,
+                resolution=cfg.generation.resolution,
+            )
+            from .pull import folder_fingerprint
+
+            record["adapter_fingerprint"] = folder_fingerprint(adapter_dir)
+            record["adapter_dir"] = str(adapter_dir)
+            return record
+
+        finetuned = self._stage("finetune", finetune_key, finetune)
+
+        def generate_after() -> dict[str, Any]:
+            from .finetune import ADAPTER_NAME, ADAPTER_WEIGHT_NAME
+
+            pipeline = self.pipeline
+            pipeline.load_lora_weights(str(adapter_dir), weight_name=ADAPTER_WEIGHT_NAME, adapter_name=ADAPTER_NAME)
+            try:
+                fingerprint = f"{model_key}+bft:{finetuned['adapter_fingerprint']}"
+                harmful = self._generate(prompts["harmful"], fingerprint, "generate harmful (after BFT)")
+            finally:
+                pipeline.unload_lora_weights()
+            return {"harmful": harmful}
+
+        after = self._stage("generate_after", stage_key(generation_key, finetuned, prompts["key"]), generate_after)
+        verdicts_after = self._stage(
+            "judge_after",
+            stage_key(judge_key, after),
+            lambda: judge_images(after["harmful"], cfg.judges, self.device, "judge harmful (after BFT)"),
+        )
+
+        from .results import build_results, write_model_card
+
+        results = build_results(
+            self,
+            prompts=prompts,
+            verdicts_before=verdicts_before,
+            verdicts_after=verdicts_after,
+            adherence=adherence,
+            quality=quality,
+            finetuned=finetuned,
+            total_seconds=time.perf_counter() - started,
+        )
+        write_atomic(self.output_dir / "results.json", results_json(results))
+        write_model_card(results, self.output_dir / "README.md")
+        logger.info("Wrote %s and %s", self.output_dir / "results.json", self.output_dir / "README.md")
+        return results
+
+
+def results_json(results: dict[str, Any]) -> bytes:
+    import json
+
+    return (json.dumps(results, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
