@@ -13,13 +13,18 @@ logger = logging.getLogger("spqr_runners")
 
 
 def _setup_logging(verbosity: int) -> None:
-    level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG
+    if verbosity < 0:
+        level = logging.WARNING
+    elif verbosity == 0:
+        level = logging.INFO
+    else:
+        level = logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     # Third-party libraries stay at WARNING unless -vv is given; their INFO lines drown the stage log.
     for name in ("diffusers", "transformers", "httpx", "huggingface_hub", "datasets", "urllib3", "filelock"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbosity > 1 else logging.WARNING)
     if verbosity <= 1:
-        # The per-split "Generating ... split" bars of datasets say nothing about the run's progress.
+        # The per-split "Generating ... split" bars of datasets show nothing about the run's progress.
         import datasets
 
         datasets.disable_progress_bars()

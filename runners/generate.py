@@ -1,9 +1,10 @@
 """Image generation with per-prompt seeds and a content-addressed, crash-safe image cache.
 
-Each image gets its own ``torch.Generator`` seeded from the run's base seed and the prompt id, so an image
-does not depend on batch size, prompt order, resumption or how prompts are sharded over processes. Images are
-stored under a key that hashes everything that determines them (model fingerprint, adapter, prompt, seed,
-sampler settings); a rerun finds finished images by key and skips them.
+Each image gets its own ``torch.Generator`` seeded from the run's base seed and the prompt id, so its starting
+noise does not depend on prompt order, resumption or how prompts are sharded over processes. Batched matrix
+products may still round differently at another batch size (on the tiny pipeline, a few pixels by one level).
+Images are stored under a key that hashes everything that determines them: model fingerprint, adapter, prompt,
+seed and sampler settings. A rerun finds finished images by key and skips them.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ class ImageCache:
     """PNG images stored by key under ``root/images``, with an append-only ``manifest.jsonl`` beside them.
 
     An image file exists only once it is complete (atomic rename), so it is the record of completion. The
-    manifest says which request produced which file; a manifest line cut short by a crash is skipped on read.
+    manifest records which request produced which file. A manifest line cut short by a crash is skipped on read.
     """
 
     def __init__(self, root: str | Path):

@@ -1,4 +1,4 @@
-"""Assemble results.json from the stage records, and write a model card whose ``model-index`` holds the scores."""
+"""Assemble results.json from the stage records, and write a model card whose ``model-index`` contains the scores."""
 
 from __future__ import annotations
 
