@@ -134,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
         register_prompt_commands = None
     if register_prompt_commands is not None:
         register_prompt_commands(commands)
+
+    from .metric_push import register as register_metric_commands
+
+    register_metric_commands(commands)
     return parser
 
 

@@ -132,7 +132,7 @@ def test_compute_rejects_benign_value(spqr):
 
 
 def test_compute_without_rows(spqr):
-    with pytest.raises(ValueError, match="No verdicts to score"):
+    with pytest.raises(ValueError, match="No rows to score"):
         spqr.compute(**BENIGN)
 
 
@@ -199,7 +199,8 @@ def test_script_imports_every_scoring_module(evaluate_lib):
 
 def test_evaluate_copies_scoring_modules(spqr):
     copied = Path(inspect.getfile(type(spqr))).parent
-    assert {"aggregate.py", "bootstrap.py", "scores.py", "verdicts.py"} <= {path.name for path in copied.iterdir()}
+    expected = {"aggregate.py", "bootstrap.py", "buffer_rows.py", "image_inputs.py", "scores.py", "verdicts.py"}
+    assert expected <= {path.name for path in copied.iterdir()}
 
 
 def test_package_import_works():
