@@ -135,8 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     if register_prompt_commands is not None:
         register_prompt_commands(commands)
 
+    from .leaderboard import register as register_leaderboard
     from .metric_push import register as register_metric_commands
+    from .push import register as register_push
 
+    register_push(commands)
+    register_leaderboard(commands)
     register_metric_commands(commands)
     return parser
 

@@ -23,6 +23,9 @@ from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def prompt_seed(prompt_id: str, base_seed: int) -> int:
     """Return the seed for one prompt's image: a hash of the base seed and the prompt id, below 2**63."""
@@ -76,6 +79,8 @@ def write_atomic(path: Path, data: bytes) -> None:
             stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
+        # mkstemp creates files readable by the owner only; give results the usual permissions instead.
+        os.chmod(temporary, 0o666 & ~_UMASK)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
