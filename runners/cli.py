@@ -87,7 +87,7 @@ def _command_demo(args: argparse.Namespace) -> int:
     from .config import config_from_dict
     import yaml
 
-    text = resources.files("spqr_runners").joinpath("configs/demo.yaml").read_text(encoding="utf-8")
+    text = resources.files("spqr_runners.configs").joinpath("demo.yaml").read_text(encoding="utf-8")
     config = config_from_dict(yaml.safe_load(text), "the embedded demo configuration")
     return _run_config(config, args)
 
@@ -101,6 +101,26 @@ def _command_run(args: argparse.Namespace) -> int:
         print(f"{args.config}: valid")
         return 0
     return _run_config(config, args)
+
+
+def _command_sweep(args: argparse.Namespace) -> int:
+    from .sweep import load_sweep
+
+    configs = load_sweep(args.config)
+    if args.list:
+        for index, config in enumerate(configs):
+            print(f"{index}\t{config.name}\t{config.scenario or '-'}\t{config.model.id}")
+        return 0
+    if args.index is not None:
+        if not 0 <= args.index < len(configs):
+            raise ValueError(f"--index {args.index} is out of range: the sweep has runs 0 to {len(configs) - 1}")
+        configs = [configs[args.index]]
+    for config in configs:
+        if args.output_dir:
+            # One folder per run below the given one, so runs of a sweep never share stage records.
+            config.output_dir = str(Path(args.output_dir) / config.name)
+        _run_config(config, argparse.Namespace(output_dir=None, cache_dir=args.cache_dir))
+    return 0
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -127,6 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--check", action="store_true", help="validate the configuration and exit")
     _add_run_options(run)
     run.set_defaults(handler=_command_run)
+
+    sweep = commands.add_parser("sweep", help="run several configurations that share a base (scenarios, models)")
+    sweep.add_argument("--config", required=True, help="YAML sweep file with 'base' and 'runs'")
+    sweep.add_argument("--index", type=int, help="run only the run with this 0-based index (for array jobs)")
+    sweep.add_argument("--list", action="store_true", help="print the runs with their indices and exit")
+    _add_run_options(sweep)
+    sweep.set_defaults(handler=_command_sweep)
 
     try:
         from spqr_dataset.cli import register as register_prompt_commands

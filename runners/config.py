@@ -1,4 +1,4 @@
-"""The run configuration: one YAML file says which model, prompts, judges and settings a run uses.
+"""The run configuration: one YAML file names the model, prompts, judges and settings of a run.
 
 Every section is a dataclass whose defaults are the SPQR protocol's. ``load_config`` checks the whole file
 before any heavy work starts and reports every invalid field at once, by its dotted path.
@@ -30,20 +30,73 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass
 class ModelConfig:
-    id: str = "embedded:tiny-sd"  # Hub id, local folder, or an embedded tiny model
-    revision: Optional[str] = None
-    adapter: Optional[str] = None  # LoRA repo or folder applied (and fused) before anything else
+    """The model under test: a base diffusers pipeline, optional replacement weights, and an optional LoRA adapter.
+
+    Concept-erasure methods are published in four forms, and each maps to fields here:
+
+    - a full pipeline: ``id`` only;
+    - a UNet state dict (ESD, SalUn): ``id`` is the base pipeline, ``unet`` the weight file;
+    - a CLIP text-encoder state dict (AdvUnlearn): ``id`` is the base pipeline, ``text_encoder`` the weight file;
+    - a LoRA adapter: ``id`` is the base pipeline, ``adapter`` the LoRA file, fused into the pipeline.
+
+    ``unet``, ``text_encoder`` and ``adapter`` may be combined. Each of ``id``, ``unet``, ``text_encoder`` and
+    ``adapter`` is a Hub repository id or a local path (paths relative to the config file's folder work). Hub ids
+    take a ``*revision`` (branch, tag or commit sha), resolved to a commit sha that results record. A
+    ``*_weight_name`` selects the file inside a repository or folder. Without it, the standard diffusers name is
+    used if present (``unet/diffusion_pytorch_model.safetensors``, ``text_encoder/model.safetensors`` or
+    ``pytorch_lora_weights.safetensors``, also without the subfolder). Otherwise the only weight file there is.
+
+    UNet and text-encoder files must be state dicts in diffusers or transformers naming whose keys and shapes
+    match the base pipeline's component exactly. A missing or unexpected key is an error, never a silent skip.
+
+    Example (YAML)::
+
+        model:
+          id: CompVis/stable-diffusion-v1-4
+          revision: main
+          unet: ./esd-nudity-unet.safetensors
+    """
+
+    id: str = "embedded:tiny-sd"  # base pipeline: Hub id, local folder with model_index.json, or embedded:<name>
+    revision: Optional[str] = None  # branch, tag or commit sha of a Hub id; None is the default branch
+    variant: Optional[str] = None  # weight variant of the base pipeline, e.g. "fp16" for *.fp16.safetensors
+    unet: Optional[str] = None  # UNet weights replacing the base UNet: Hub id, folder or file
+    unet_weight_name: Optional[str] = None  # file in that repository or folder, e.g. "unet/model.safetensors"
+    unet_revision: Optional[str] = None
+    text_encoder: Optional[str] = None  # text-encoder weights replacing the base encoder: Hub id, folder or file
+    text_encoder_weight_name: Optional[str] = None
+    text_encoder_revision: Optional[str] = None
+    adapter: Optional[str] = None  # LoRA adapter fused into the pipeline: Hub id, folder or file
+    adapter_weight_name: Optional[str] = None  # e.g. "pytorch_lora_weights.safetensors"
     adapter_revision: Optional[str] = None
-    adapter_weight_name: Optional[str] = None
-    allow_pickle: bool = False  # load .bin/.ckpt/.pt weights (with torch.load(weights_only=True))
+    allow_pickle: bool = False  # read .bin/.ckpt/.pt/.pth/.pkl files, with torch.load(weights_only=True)
+
+    def check(self) -> list[str]:
+        """Check fields that depend on each other, returning one message per problem (empty when valid)."""
+        problems = []
+        for part in ("unet", "text_encoder", "adapter"):
+            for suffix in ("weight_name", "revision"):
+                value = getattr(self, f"{part}_{suffix}")
+                if value is not None and getattr(self, part) is None:
+                    problems.append(f"model.{part}_{suffix}: is {value!r} but model.{part} is not set; set "
+                                    f"model.{part} or remove model.{part}_{suffix}")
+        if self.id.startswith(EMBEDDED_PREFIX):
+            for name in ("revision", "variant"):
+                if getattr(self, name) is not None:
+                    problems.append(f"model.{name}: must be null for the embedded model {self.id!r}, which has "
+                                    f"no revisions or variants; got {getattr(self, name)!r}")
+        return problems
 
 
 @dataclasses.dataclass
 class PromptSetConfig:
     config: str = "harmful"
     split: str = "visu"
-    limit: Optional[int] = None  # the first N prompts of the split
+    limit: Optional[int] = None  # the first N prompts of the split (after category selection and sampling)
     file: Optional[str] = None  # a local .jsonl or .parquet file in the dataset schema, instead of the dataset
+    categories: Optional[list] = None  # keep only these categories, e.g. [sexual, nudity]
+    sample: Optional[int] = None  # draw this many prompts, reproducibly, after the category filter
+    sample_seed: int = 42
 
 
 @dataclasses.dataclass
@@ -87,7 +140,8 @@ class FinetuneConfig:
 
 @dataclasses.dataclass
 class JudgesConfig:
-    names: list = dataclasses.field(default_factory=lambda: ["nudenet"])
+    # The SPQR authors' ensemble: an image is unsafe when NudeNet or LlavaGuard flags it.
+    names: list = dataclasses.field(default_factory=lambda: ["nudenet", "llavaguard"])
     undetermined: str = "safe"  # how images no judge could decide count: safe | unsafe | exclude
     batch_size: int = 16
     settings: dict = dataclasses.field(default_factory=dict)  # per judge: {judge name: {setting: value}}
@@ -119,6 +173,7 @@ class ScoringConfig:
 @dataclasses.dataclass
 class RunConfig:
     name: str = "spqr-run"
+    scenario: Optional[str] = None  # general | multilingual:<ar|es|fr|hi> | domain:<art|medical> | ood
     output_dir: Optional[str] = None  # default: runs/<name>
     cache_dir: Optional[str] = None  # default: ~/.cache/spqr (or $SPQR_CACHE)
     smoke: bool = False  # set for random-weight stand-ins: P and Q are then labelled smoke values
@@ -135,8 +190,29 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".pkl")
+
+
+def _is_weight_name(value: Optional[str]) -> bool:
+    if value is None:
+        return True
+    name = value[: -len(".index.json")] if value.endswith(".index.json") else value
+    parts = value.split("/")
+    return name.endswith(_WEIGHT_SUFFIXES) and not value.startswith("/") and ".." not in parts and "" not in parts
+
+
 # Checks on values that a type alone does not express: (dotted path, test, message).
 _VALUE_CHECKS = [
+    ("model.id", lambda v: bool(v.strip()), "must be a Hub id, a local folder or embedded:<name>"),
+    *[(f"model.{name}", lambda v: v is None or bool(v.strip()), "must be null or a Hub id or local path")
+      for name in ("unet", "text_encoder", "adapter")],
+    *[(f"model.{name}", _is_weight_name, "must be null or a relative path ending in .safetensors, .bin, .ckpt, "
+       ".pt, .pth or .pkl (or that plus .index.json for a sharded checkpoint)")
+      for name in ("unet_weight_name", "text_encoder_weight_name", "adapter_weight_name")],
+    *[(f"model.{name}", lambda v: v is None or bool(v.strip()), "must be null or a branch, tag or commit sha")
+      for name in ("revision", "unet_revision", "text_encoder_revision", "adapter_revision")],
+    ("model.variant", lambda v: v is None or (v.strip() and "." not in v and "/" not in v),
+     "must be null or a variant name such as fp16"),
     ("generation.steps", lambda v: v >= 1, "must be at least 1"),
     ("generation.guidance", lambda v: v >= 0, "must be at least 0"),
     ("generation.resolution", lambda v: v >= 8 and v % 8 == 0, "must be a multiple of 8, at least 8"),
@@ -252,6 +328,9 @@ def config_from_dict(data: dict, source: str = "config") -> RunConfig:
     if not isinstance(data, dict):
         raise ConfigError([f"the top level must be a mapping, got {type(data).__name__}"], source)
     problems: list[str] = []
+    from .scenarios import apply_scenario
+
+    data = apply_scenario(data, problems)
     config = _build(RunConfig, data, "", problems)
     if not problems:
         for path, check, message in _VALUE_CHECKS:
@@ -267,6 +346,9 @@ def config_from_dict(data: dict, source: str = "config") -> RunConfig:
             check, message = _PROMPT_LIMIT_CHECK
             if not check(limit):
                 problems.append(f"prompts.{role}.limit: {message}, got {limit!r}")
+            sample = getattr(config.prompts, role).sample
+            if not check(sample):
+                problems.append(f"prompts.{role}.sample: {message}, got {sample!r}")
     if problems:
         raise ConfigError(problems, source)
     return config

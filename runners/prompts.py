@@ -13,19 +13,31 @@ logger = logging.getLogger(__name__)
 _KEPT_COLUMNS = ("id", "prompt", "language", "category", "source")
 
 
-def _load_set(prompts: PromptsConfig, prompt_set: PromptSetConfig) -> list[dict[str, Any]]:
-    from spqr_dataset import load_prompts, read_prompt_file
+def _load_set(prompts: PromptsConfig, prompt_set: PromptSetConfig) -> tuple[list[dict[str, Any]], dict | None]:
+    """Return the rows of one prompt set and, when categories or sampling narrowed it, the selection record."""
+    import datasets
+    from spqr_dataset import load_prompts, select
+    from spqr_dataset.prompt_files import read_prompt_file
 
     if prompt_set.file:
-        rows = read_prompt_file(prompt_set.file)
-        if prompt_set.limit is not None:
-            rows = rows[: prompt_set.limit]
+        dataset = datasets.Dataset.from_list(read_prompt_file(prompt_set.file))
     else:
-        dataset = load_prompts(
-            prompt_set.config, prompt_set.split, path=prompts.dataset, revision=prompts.revision, limit=prompt_set.limit
-        )
-        rows = dataset.to_list()
-    return [{column: row.get(column) for column in _KEPT_COLUMNS} for row in rows]
+        # "a+b" concatenates splits of one config, e.g. ood/jailbreak+paraphrase.
+        parts = [
+            load_prompts(prompt_set.config, split, path=prompts.dataset, revision=prompts.revision)
+            for split in prompt_set.split.split("+")
+        ]
+        dataset = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+
+    selection = None
+    if prompt_set.categories is not None or prompt_set.sample is not None:
+        dataset, spec = select(dataset, categories=prompt_set.categories, n=prompt_set.sample,
+                               seed=prompt_set.sample_seed)
+        selection = spec.to_dict()
+    rows = dataset.to_list()
+    if prompt_set.limit is not None:
+        rows = rows[: prompt_set.limit]
+    return [{column: row.get(column) for column in _KEPT_COLUMNS} for row in rows], selection
 
 
 def load_prompt_sets(prompts: PromptsConfig) -> dict[str, Any]:
@@ -35,7 +47,8 @@ def load_prompt_sets(prompts: PromptsConfig) -> dict[str, Any]:
         ValueError: When a set is empty or a BFT prompt also appears among the harmful prompts, because
             fine-tuning on an evaluation prompt would measure memorisation, not benign drift.
     """
-    sets = {role: _load_set(prompts, getattr(prompts, role)) for role in ("harmful", "benign", "bft")}
+    loaded = {role: _load_set(prompts, getattr(prompts, role)) for role in ("harmful", "benign", "bft")}
+    sets = {role: rows for role, (rows, _) in loaded.items()}
     for role, rows in sets.items():
         if not rows:
             raise ValueError(f"The {role} prompt set is empty; check prompts.{role} in the run configuration")
@@ -58,6 +71,7 @@ def load_prompt_sets(prompts: PromptsConfig) -> dict[str, Any]:
             "dataset_version": None if getattr(prompts, role).file else version,
             **vars(getattr(prompts, role)),
             "count": len(rows),
+            "selection": loaded[role][1],
         }
         for role, rows in sets.items()
     }

@@ -83,6 +83,7 @@ def build_results(
     return {
         **score,
         "name": cfg.name,
+        "scenario": cfg.scenario,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "smoke": cfg.smoke,
         "smoke_note": smoke_note,

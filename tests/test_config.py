@@ -93,7 +93,7 @@ def test_load_config_invalid_yaml(tmp_path):
 
 
 def test_demo_config_is_valid():
-    text = resources.files("spqr_runners").joinpath("configs/demo.yaml").read_text()
+    text = resources.files("spqr_runners.configs").joinpath("demo.yaml").read_text()
     config = config_from_dict(yaml.safe_load(text))
     assert config.smoke is True
     assert config.model.id == "embedded:tiny-sd"
