@@ -40,8 +40,8 @@ class ModelConfig:
     - a LoRA adapter: ``id`` is the base pipeline, ``adapter`` the LoRA file, fused into the pipeline.
 
     ``unet``, ``text_encoder`` and ``adapter`` may be combined. Each of ``id``, ``unet``, ``text_encoder`` and
-    ``adapter`` is a Hub repository id or a local path (paths relative to the config file's folder work). Hub ids
-    take a ``*revision`` (branch, tag or commit sha), resolved to a commit sha that results record. A
+    ``adapter`` is a Hub repository id or a local path. Hub ids take a ``*revision`` (branch, tag or commit sha),
+    resolved to a commit sha that results record. A
     ``*_weight_name`` selects the file inside a repository or folder. Without it, the standard diffusers name is
     used if present (``unet/diffusion_pytorch_model.safetensors``, ``text_encoder/model.safetensors`` or
     ``pytorch_lora_weights.safetensors``, also without the subfolder). Otherwise the only weight file there is.
@@ -61,7 +61,7 @@ class ModelConfig:
     revision: Optional[str] = None  # branch, tag or commit sha of a Hub id; None is the default branch
     variant: Optional[str] = None  # weight variant of the base pipeline, e.g. "fp16" for *.fp16.safetensors
     unet: Optional[str] = None  # UNet weights replacing the base UNet: Hub id, folder or file
-    unet_weight_name: Optional[str] = None  # file in that repository or folder, e.g. "unet/model.safetensors"
+    unet_weight_name: Optional[str] = None  # file in that repository or folder, e.g. "esd-unet.safetensors"
     unet_revision: Optional[str] = None
     text_encoder: Optional[str] = None  # text-encoder weights replacing the base encoder: Hub id, folder or file
     text_encoder_weight_name: Optional[str] = None
@@ -256,7 +256,7 @@ def _describe(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
-def _coerce(value: Any, annotation: Any, path: str, problems: list[str]) -> Any:
+def _coerce(value: Any, annotation: Any, path: str, problems: list[str], default: Any = None) -> Any:
     annotation, optional = _unwrap_optional(annotation)
     if value is None:
         if not optional:
@@ -265,8 +265,8 @@ def _coerce(value: Any, annotation: Any, path: str, problems: list[str]) -> Any:
     if dataclasses.is_dataclass(annotation):
         if not isinstance(value, dict):
             problems.append(f"{path}: expected a mapping, got {type(value).__name__} {value!r}")
-            return annotation()
-        return _build(annotation, value, path, problems)
+            return default if default is not None else annotation()
+        return _build(annotation, value, path, problems, default)
     if annotation is bool:
         if not isinstance(value, bool):
             problems.append(f"{path}: expected true or false, got {value!r}")
@@ -295,8 +295,15 @@ def _coerce(value: Any, annotation: Any, path: str, problems: list[str]) -> Any:
     return value
 
 
-def _build(cls: type, data: dict, prefix: str, problems: list[str]) -> Any:
+def _build(cls: type, data: dict, prefix: str, problems: list[str], default: Any = None) -> Any:
+    """Build ``cls`` from ``data``; keys that ``data`` leaves out keep their values in ``default``.
+
+    ``default`` matters for sections whose defaults depend on where they sit: ``prompts.bft`` defaults to the
+    ``bft/general_en`` split, not to ``PromptSetConfig``'s own defaults.
+    """
     hints = typing.get_type_hints(cls)
+    if default is None:
+        default = cls()
     names = [field.name for field in dataclasses.fields(cls)]
     for key in data:
         if key not in names:
@@ -308,12 +315,8 @@ def _build(cls: type, data: dict, prefix: str, problems: list[str]) -> Any:
     for name in names:
         if name in data:
             path = f"{prefix}.{name}" if prefix else name
-            values[name] = _coerce(data[name], hints[name], path, problems)
-    try:
-        return cls(**values)
-    except TypeError as error:  # only reached when a nested value was already reported
-        problems.append(f"{prefix or 'config'}: {error}")
-        return cls()
+            values[name] = _coerce(data[name], hints[name], path, problems, getattr(default, name))
+    return dataclasses.replace(default, **values)
 
 
 def _lookup(config: RunConfig, path: str) -> Any:
@@ -349,6 +352,7 @@ def config_from_dict(data: dict, source: str = "config") -> RunConfig:
             sample = getattr(config.prompts, role).sample
             if not check(sample):
                 problems.append(f"prompts.{role}.sample: {message}, got {sample!r}")
+        problems.extend(config.model.check())
     if problems:
         raise ConfigError(problems, source)
     return config
@@ -379,6 +383,8 @@ def resolve_relative_paths(config: RunConfig, base_dir: Path) -> None:
 
     config.model.id = resolve(config.model.id)
     config.model.adapter = resolve(config.model.adapter)
+    config.model.unet = resolve(config.model.unet)
+    config.model.text_encoder = resolve(config.model.text_encoder)
     config.prompts.dataset = resolve(config.prompts.dataset)
     for role in ("harmful", "benign", "bft"):
         prompt_set = getattr(config.prompts, role)

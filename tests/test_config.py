@@ -97,3 +97,24 @@ def test_demo_config_is_valid():
     config = config_from_dict(yaml.safe_load(text))
     assert config.smoke is True
     assert config.model.id == "embedded:tiny-sd"
+
+
+def test_partial_prompt_set_keeps_role_defaults():
+    config = config_from_dict({"prompts": {"bft": {"limit": 2}, "benign": {"limit": 3}}})
+    assert (config.prompts.bft.config, config.prompts.bft.split, config.prompts.bft.limit) == ("bft", "general_en", 2)
+    assert (config.prompts.benign.config, config.prompts.benign.split) == ("benign", "coco")
+    assert (config.prompts.harmful.config, config.prompts.harmful.split) == ("harmful", "visu")
+
+
+def test_model_cross_field_checks_run_at_validation():
+    problems = _problems({"model": {"id": "org/base", "unet_revision": "abc"}})
+    assert any(p.startswith("model.unet_revision") for p in problems)
+
+
+def test_relative_weight_paths_follow_config_file(tmp_path):
+    from spqr_runners.config import resolve_relative_paths
+
+    (tmp_path / "unet.safetensors").write_bytes(b"")
+    config = config_from_dict({"model": {"id": "org/base", "unet": "unet.safetensors"}})
+    resolve_relative_paths(config, tmp_path)
+    assert config.model.unet == str(tmp_path / "unet.safetensors")
