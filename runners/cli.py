@@ -176,11 +176,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(-1 if args.quiet else args.verbose)
+    from spqr_metric.judges import JudgeLoadError
+
     from .config import ConfigError
+    from .pull import ModelNotFoundError
 
     try:
         return int(args.handler(args) or 0)
-    except (ConfigError, FileNotFoundError, ValueError) as error:
+    except (ConfigError, FileNotFoundError, ValueError, JudgeLoadError, ModelNotFoundError) as error:
         logger.debug("Command failed", exc_info=True)
         print(f"spqr: error: {error}", file=sys.stderr)
         return 2

@@ -120,22 +120,114 @@ class GenerationConfig:
     device: str = "auto"
 
 
+def _is_curriculum(value: Any) -> bool:
+    return value is None or (
+        len(value) >= 1
+        and all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in value)
+        and all(later > earlier for earlier, later in zip(value, value[1:]))
+    )
+
+
+# Checks on single fine-tuning values: (field, test, message). Shared by load_config and FinetuneConfig.check.
+_FINETUNE_CHECKS = [
+    ("profile", lambda v: v in ("lite", "moderate", "standard"), "must be one of lite, moderate, standard"),
+    ("target_modules", lambda v: v is None or (len(v) >= 1 and all(isinstance(m, str) and m.strip() for m in v)),
+     "must be null or a list of module names such as [to_q, attn2.to_k]"),
+    ("rank", lambda v: v >= 1, "must be at least 1"),
+    ("alpha", lambda v: v > 0, "must be positive"),
+    ("lora_dropout", lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    ("learning_rate", lambda v: v > 0, "must be positive"),
+    ("lr_scheduler", lambda v: v in ("constant", "constant_with_warmup", "linear", "cosine"),
+     "must be one of constant, constant_with_warmup, linear, cosine"),
+    ("lr_warmup_steps", lambda v: v >= 0, "must be at least 0"),
+    ("adam_beta1", lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    ("adam_beta2", lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    ("adam_epsilon", lambda v: v > 0, "must be positive"),
+    ("weight_decay", lambda v: v >= 0, "must be at least 0"),
+    ("max_grad_norm", lambda v: v > 0, "must be positive"),
+    ("batch_size", lambda v: v >= 1, "must be at least 1"),
+    ("epochs", lambda v: v >= 1, "must be at least 1"),
+    ("curriculum", _is_curriculum,
+     "must be null or strictly increasing positive integers, cumulative image counts such as [1000, 3000, 5000]"),
+    ("max_steps", lambda v: v is None or v >= 1, "must be at least 1 or null"),
+    ("prediction_type", lambda v: v is None or v in ("epsilon", "v_prediction", "sample"),
+     "must be null (the scheduler's) or one of epsilon, v_prediction, sample"),
+    ("mixed_precision", lambda v: v in ("auto", "no", "fp16", "bf16"), "must be one of auto, no, fp16, bf16"),
+    ("seed", lambda v: 0 <= v < 2**32, "must be in [0, 2**32)"),
+    ("dataset", lambda v: v is None or bool(v.strip()), "must be null or a Hub dataset id or local folder"),
+    ("dataset_split", lambda v: bool(v.strip()), "must name a split, such as train"),
+    ("dataset_revision", lambda v: v is None or bool(v.strip()), "must be null or a branch, tag or commit sha"),
+    ("image_column", lambda v: bool(v.strip()), "must name the dataset column with the images"),
+    ("caption_column", lambda v: bool(v.strip()), "must name the dataset column with the captions"),
+    ("dataset_limit", lambda v: v is None or v >= 1, "must be at least 1 or null"),
+]
+
+
 @dataclasses.dataclass
 class FinetuneConfig:
-    profile: str = "lite"  # lite: LoRA on attention projections
-    rank: int = 8
-    alpha: float = 16.0
-    target_modules: list = dataclasses.field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    """Benign fine-tuning: the profile, its hyper-parameters, the curriculum and the data.
+
+    Defaults are the SPQR authors'. The ``lite`` profile trains a LoRA adapter on the self- and cross-attention
+    projections. ``moderate`` trains the full weights of the cross-attention key, value and output projections,
+    and ``standard`` trains every UNet weight. The curriculum gives cumulative image counts: ``[1000, 3000, 5000]``
+    trains images 0-999, then 1000-2999, then 3000-4999, each chunk for ``epochs`` epochs, in dataset order.
+
+    Example (YAML)::
+
+        finetune:
+          profile: moderate
+          curriculum: [1000, 3000, 5000]
+          dataset: ./my-imagefolder   # images plus metadata.jsonl with file_name and text
+    """
+
+    profile: str = "lite"  # lite | moderate | standard
+    target_modules: Optional[list] = None  # modules to train, matched by name ending; None: the profile's default
+    rank: int = 8  # LoRA rank (lite)
+    alpha: float = 16.0  # LoRA alpha (lite); the update is scaled by alpha / rank
+    lora_dropout: float = 0.1  # dropout on the LoRA input (lite)
     learning_rate: float = 1e-4
+    lr_scheduler: str = "constant"  # constant | constant_with_warmup | linear | cosine
+    lr_warmup_steps: int = 0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
     weight_decay: float = 1e-2
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 1.0  # gradients are clipped to this L2 norm
     batch_size: int = 16
-    epochs: int = 1
-    max_steps: Optional[int] = None  # stop after this many optimizer steps, whatever the epochs
+    epochs: int = 1  # passes over each curriculum stage's images
+    # Cumulative image counts that end each curriculum stage; null trains all images as one stage.
+    curriculum: Optional[list] = dataclasses.field(default_factory=lambda: [1000, 3000, 5000])
+    shuffle: bool = False  # reshuffle each stage's images every epoch; false keeps dataset order, as the authors do
+    max_steps: Optional[int] = None  # stop after this many optimizer steps in total, whatever the epochs
+    center_crop: bool = False  # crop the centre instead of a random window
+    random_flip: bool = False  # mirror images horizontally with probability 0.5
+    prediction_type: Optional[str] = None  # epsilon | v_prediction | sample; null: the scheduler's
+    mixed_precision: str = "auto"  # auto | no | fp16 | bf16; auto follows the pipeline's dtype
+    gradient_checkpointing: bool = False  # trade compute for memory in the UNet
     seed: int = 0
+    dataset: Optional[str] = None  # Hub id or folder of image-text pairs; null: images made from prompts.bft
+    dataset_split: str = "train"
+    dataset_revision: Optional[str] = None
+    image_column: str = "image"
+    caption_column: str = "text"  # a caption, or a list of captions of which one is drawn per use
+    dataset_limit: Optional[int] = None  # the first N rows of the dataset
     data_negative_prompt: str = "nudity, nsfw, exposed, explicit, sexual, bare, unclothed, skin"
+
+    def check(self) -> list[str]:
+        """Check every value and the fields that depend on each other; one message per problem (empty if valid)."""
+        problems = []
+        for name, test, message in _FINETUNE_CHECKS:
+            value = getattr(self, name)
+            try:
+                valid = test(value)
+            except TypeError:
+                valid = False
+            if not valid:
+                problems.append(f"finetune.{name}: {message}, got {value!r}")
+        if self.profile == "standard" and self.target_modules is not None:
+            problems.append(f"finetune.target_modules: must be null for the standard profile, which trains every "
+                            f"UNet weight; got {self.target_modules!r}")
+        return problems
 
 
 @dataclasses.dataclass
@@ -145,6 +237,38 @@ class JudgesConfig:
     undetermined: str = "safe"  # how images no judge could decide count: safe | unsafe | exclude
     batch_size: int = 16
     settings: dict = dataclasses.field(default_factory=dict)  # per judge: {judge name: {setting: value}}
+
+    def check(self) -> list[str]:
+        """Check judge names and settings by creating each judge (no model loads); one message per problem.
+
+        Run before any image is generated, so a misspelt judge or setting fails at once, not after generation.
+        """
+        from spqr_metric.judges.registry import available_judges, get_judge
+
+        known = available_judges()
+        problems = []
+        for index, name in enumerate(self.names):
+            if name not in known:
+                close = difflib.get_close_matches(str(name), known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                problems.append(f"judges.names[{index}]: unknown judge {name!r}{hint}; known judges: {', '.join(known)}")
+        names = [name for name in self.names if isinstance(name, str)]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            problems.append(f"judges.names: lists {repeated} more than once; give each judge once")
+        for name, settings in self.settings.items():
+            if name not in names:
+                problems.append(f"judges.settings.{name}: judge {name!r} is not in judges.names; add it there or "
+                                "remove its settings")
+            elif not isinstance(settings, dict):
+                problems.append(f"judges.settings.{name}: expected a mapping of setting names to values, got "
+                                f"{settings!r}")
+            elif name in known:
+                try:
+                    get_judge(name, **settings)
+                except (ValueError, TypeError) as error:
+                    problems.append(f"judges.settings.{name}: {error}")
+        return problems
 
 
 @dataclasses.dataclass
@@ -201,8 +325,15 @@ def _is_weight_name(value: Optional[str]) -> bool:
     return name.endswith(_WEIGHT_SUFFIXES) and not value.startswith("/") and ".." not in parts and "" not in parts
 
 
+def _is_run_name(value: str) -> bool:
+    parts = value.replace("\\", "/").split("/")
+    return bool(value.strip()) and not value.startswith(("/", "~")) and ".." not in parts and "" not in parts
+
+
 # Checks on values that a type alone does not express: (dotted path, test, message).
 _VALUE_CHECKS = [
+    ("name", _is_run_name, "must be a non-empty relative name without '..' parts, such as my-erased-sd15, because "
+     "it names the output folder runs/<name>"),
     ("model.id", lambda v: bool(v.strip()), "must be a Hub id, a local folder or embedded:<name>"),
     *[(f"model.{name}", lambda v: v is None or bool(v.strip()), "must be null or a Hub id or local path")
       for name in ("unet", "text_encoder", "adapter")],
@@ -219,14 +350,6 @@ _VALUE_CHECKS = [
     ("generation.batch_size", lambda v: v >= 1, "must be at least 1"),
     ("generation.dtype", lambda v: v in ("auto", "float32", "float16", "bfloat16"),
      "must be one of auto, float32, float16, bfloat16"),
-    ("finetune.profile", lambda v: v in ("lite",), "must be one of: lite"),
-    ("finetune.rank", lambda v: v >= 1, "must be at least 1"),
-    ("finetune.alpha", lambda v: v > 0, "must be positive"),
-    ("finetune.learning_rate", lambda v: v > 0, "must be positive"),
-    ("finetune.batch_size", lambda v: v >= 1, "must be at least 1"),
-    ("finetune.epochs", lambda v: v >= 1, "must be at least 1"),
-    ("finetune.max_steps", lambda v: v is None or v >= 1, "must be at least 1 or null"),
-    ("finetune.max_grad_norm", lambda v: v > 0, "must be positive"),
     ("judges.names", lambda v: len(v) >= 1, "must name at least one judge"),
     ("judges.undetermined", lambda v: v in ("safe", "unsafe", "exclude"), "must be one of safe, unsafe, exclude"),
     ("judges.batch_size", lambda v: v >= 1, "must be at least 1"),
@@ -326,6 +449,28 @@ def _lookup(config: RunConfig, path: str) -> Any:
     return value
 
 
+def _split_problems(role: str, prompt_set: PromptSetConfig) -> list[str]:
+    """Check a prompt set's dataset config and its splits (``a+b`` joins splits) against the dataset's list."""
+    if prompt_set.file is not None:
+        return []
+    from spqr_dataset.schema import CONFIG_SPLITS
+
+    if prompt_set.config not in CONFIG_SPLITS:
+        close = difflib.get_close_matches(prompt_set.config, CONFIG_SPLITS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return [f"prompts.{role}.config: unknown dataset config {prompt_set.config!r}{hint}; known configs: "
+                f"{', '.join(CONFIG_SPLITS)}"]
+    splits = CONFIG_SPLITS[prompt_set.config]
+    problems = []
+    for split in prompt_set.split.split("+"):
+        if split not in splits:
+            close = difflib.get_close_matches(split, splits, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(f"prompts.{role}.split: unknown split {split!r} of config {prompt_set.config!r}{hint}; "
+                            f"its splits: {', '.join(splits)}")
+    return problems
+
+
 def config_from_dict(data: dict, source: str = "config") -> RunConfig:
     """Build a :class:`RunConfig` from a mapping, reporting every invalid field in one :class:`ConfigError`."""
     if not isinstance(data, dict):
@@ -352,10 +497,52 @@ def config_from_dict(data: dict, source: str = "config") -> RunConfig:
             sample = getattr(config.prompts, role).sample
             if not check(sample):
                 problems.append(f"prompts.{role}.sample: {message}, got {sample!r}")
+            problems.extend(_split_problems(role, getattr(config.prompts, role)))
         problems.extend(config.model.check())
+        problems.extend(config.finetune.check())
+        problems.extend(config.judges.check())
     if problems:
         raise ConfigError(problems, source)
     return config
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that rejects a key repeated in one mapping, where PyYAML keeps the last value silently."""
+
+
+def _construct_unique_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    first_lines: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # "<<: *anchor" merges another mapping, whose keys the explicit ones may override
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            repeated = key in first_lines
+        except TypeError:  # an unhashable key, which construct_mapping reports itself
+            continue
+        if repeated:
+            raise yaml.constructor.ConstructorError(
+                "while reading a mapping", node.start_mark,
+                f"found the key {key!r} a second time (first on line {first_lines[key] + 1}); keep one of them",
+                key_node.start_mark,
+            )
+        first_lines[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse YAML with safe types only, rejecting a key repeated in one mapping.
+
+    Raises:
+        ConfigError: If the text is not valid YAML or repeats a key; the message gives the line.
+    """
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as error:
+        raise ConfigError([f"not valid YAML: {error}"], source) from error
 
 
 def load_config(path: str | Path) -> RunConfig:
@@ -365,10 +552,7 @@ def load_config(path: str | Path) -> RunConfig:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise FileNotFoundError(f"Run configuration not found: {path}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ConfigError([f"not valid YAML: {error}"], str(path)) from error
+    data = parse_yaml(text, str(path))
     return config_from_dict(data or {}, str(path))
 
 

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import torch
 
 from .config import EMBEDDED_PREFIX, AdherenceConfig, QualityConfig
+from .distributed import Workers
 
 logger = logging.getLogger(__name__)
 
@@ -17,9 +18,17 @@ SYNTHETIC_REFERENCE = EMBEDDED_PREFIX + "synthetic"
 
 
 def measure_adherence(
-    paths: Sequence[str], prompts: Sequence[str], adherence: AdherenceConfig, cache_dir: Path, device: torch.device
+    paths: Sequence[str],
+    prompts: Sequence[str],
+    adherence: AdherenceConfig,
+    cache_dir: Path,
+    device: torch.device,
+    workers: Workers | None = None,
 ) -> dict[str, Any]:
-    """Return the CLIP cosine of every benign image with its prompt, plus the scorer's settings."""
+    """Return the CLIP cosine of every benign image with its prompt, plus the scorer's settings.
+
+    With several processes, each scores its share of the pairs and the cosines are gathered in order.
+    """
     from spqr_metric.adherence import ClipAdherence
 
     model = adherence.model
@@ -28,7 +37,12 @@ def measure_adherence(
 
         model = str(embedded_model_path(model, cache_dir))
     scorer = ClipAdherence(model, device=device, batch_size=adherence.batch_size)
-    cosines = scorer.cosines(list(paths), list(prompts))
+    workers = workers or Workers()
+
+    def score_share(pairs: list[tuple[str, str]]) -> list[float]:
+        return [float(value) for value in scorer.cosines([p for p, _ in pairs], [t for _, t in pairs])]
+
+    cosines = workers.map_sharded(list(zip(paths, prompts)), adherence.batch_size, score_share)
     return {
         "cosines": [float(value) for value in cosines],
         "model": adherence.model,

@@ -8,12 +8,15 @@ from typing import Any, Sequence
 import torch
 
 from .config import JudgesConfig
+from .distributed import Workers
 
 logger = logging.getLogger(__name__)
 
 
-def judge_images(paths: Sequence[str], judges: JudgesConfig, device: torch.device, description: str) -> dict[str, Any]:
-    """Run the judges over ``paths`` in batches.
+def judge_images(
+    paths: Sequence[str], judges: JudgesConfig, device: torch.device, description: str, workers: "Workers | None" = None
+) -> dict[str, Any]:
+    """Run the judges over ``paths`` in batches, sharded over the run's processes when there are several.
 
     Returns:
         ``combined``: per image, the OR of the judges as ``"flagged"``, ``"clean"`` or ``"undetermined"``;
@@ -29,11 +32,15 @@ def judge_images(paths: Sequence[str], judges: JudgesConfig, device: torch.devic
         settings.setdefault("device", str(device))
         instances.append(get_judge(name, **settings))
 
-    per_judge = []
-    for judge in instances:
-        logger.info("%s: judging %d images with %s", description, len(paths), judge.name)
-        per_judge.append(judge.judge(list(paths)))
-    per_image = [list(verdicts) for verdicts in zip(*per_judge)]
+    def judge_share(share: list[str]) -> list[list[Any]]:
+        per_judge = []
+        for judge in instances:
+            logger.info("%s: judging %d images with %s", description, len(share), judge.name)
+            per_judge.append(judge.judge(share))
+        return [list(verdicts) for verdicts in zip(*per_judge)]
+
+    workers = workers or Workers()
+    per_image = workers.map_sharded(list(paths), judges.batch_size, judge_share)
     combined = [combine_verdicts(verdicts).status.value for verdicts in per_image]
     # The summary's unsafe count uses the run's policy; "exclude" has no per-image meaning there, so the
     # summary counts those images as safe and the scores apply the exclusion.

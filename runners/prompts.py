@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Any
 
 from .config import PromptsConfig, PromptSetConfig
@@ -40,25 +41,59 @@ def _load_set(prompts: PromptsConfig, prompt_set: PromptSetConfig) -> tuple[list
     return [{column: row.get(column) for column in _KEPT_COLUMNS} for row in rows], selection
 
 
+def _check_rows(role: str, rows: list[dict[str, Any]]) -> None:
+    """Reject rows that a dataset without schema checks (a Hub id or folder) can still contain.
+
+    Ids pair the before and after verdicts of a prompt and seed its image, so they must be unique. A prompt that
+    is empty or only whitespace would make the pipeline draw an unconditional image.
+    """
+    for index, row in enumerate(rows):
+        for column in ("id", "prompt"):
+            value = row.get(column)
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(
+                    f"Row {index} of the {role} prompt set (id {row.get('id')!r}) has an invalid {column}: {value!r}; "
+                    f"every row needs a non-empty string. Fix the data or choose another source in prompts.{role}."
+                )
+    repeated = [prompt_id for prompt_id, count in Counter(row["id"] for row in rows).items() if count > 1]
+    if repeated:
+        raise ValueError(
+            f"The {role} prompt set repeats {len(repeated)} ids (first: {', '.join(map(repr, repeated[:5]))}); each "
+            f"prompt needs its own id. Fix the data or choose other splits in prompts.{role}."
+        )
+
+
+def check_no_shared_prompts(
+    harmful: list[dict[str, Any]], captions: list[str], source: str, ids: list[str] | None = None
+) -> None:
+    """Raise ValueError when a fine-tuning caption is also a harmful prompt (compared after strip and casefold)."""
+    harmful_texts = {row["prompt"].strip().casefold() for row in harmful}
+    labels = ids or [f"caption {number}" for number in range(len(captions))]
+    shared = [label for label, caption in zip(labels, captions) if caption.strip().casefold() in harmful_texts]
+    if shared:
+        raise ValueError(
+            f"{len(shared)} fine-tuning captions from {source} also appear in the harmful set (first: "
+            f"{', '.join(shared[:5])}). Fine-tuning data must share no prompt with the evaluation prompts; "
+            "choose another BFT split, file or dataset."
+        )
+
+
 def load_prompt_sets(prompts: PromptsConfig) -> dict[str, Any]:
     """Return the harmful, benign and BFT prompt rows, the record of where they came from, and a content key.
 
     Raises:
-        ValueError: When a set is empty or a BFT prompt also appears among the harmful prompts, because
-            fine-tuning on an evaluation prompt would measure memorisation, not benign drift.
+        ValueError: When a set is empty, has a row without an id or prompt, repeats an id, or a BFT prompt also
+            appears among the harmful prompts, because fine-tuning on an evaluation prompt would measure
+            memorisation, not benign drift.
     """
     loaded = {role: _load_set(prompts, getattr(prompts, role)) for role in ("harmful", "benign", "bft")}
     sets = {role: rows for role, (rows, _) in loaded.items()}
     for role, rows in sets.items():
         if not rows:
             raise ValueError(f"The {role} prompt set is empty; check prompts.{role} in the run configuration")
-    harmful_texts = {row["prompt"].strip().casefold() for row in sets["harmful"]}
-    shared = [row["id"] for row in sets["bft"] if row["prompt"].strip().casefold() in harmful_texts]
-    if shared:
-        raise ValueError(
-            f"{len(shared)} BFT prompts also appear in the harmful set (first ids: {', '.join(shared[:5])}). "
-            "Fine-tuning data must share no prompt with the evaluation prompts; choose another BFT split or file."
-        )
+        _check_rows(role, rows)
+    check_no_shared_prompts(sets["harmful"], [row["prompt"] for row in sets["bft"]], "the BFT prompt set",
+                            [row["id"] for row in sets["bft"]])
     from spqr_dataset import dataset_version
 
     version = None

@@ -8,6 +8,7 @@ pipeline is loaded only when a stage that still has work needs it.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -17,7 +18,9 @@ import yaml
 
 from .config import RunConfig
 from .embedded import EMBEDDED_BUILD_VERSION, default_cache_dir
-from .generate import ImageCache, ImageRequest, SamplerSettings, generate_images, prompt_seed, write_atomic
+from .distributed import Workers
+from .generate import (ImageCache, ImageRequest, SamplerSettings, generate_images, image_key, prompt_seed,
+                       write_atomic)
 from .pull import ResolvedModel, load_pipeline, resolve_device, resolve_dtype, resolve_model
 from .stages import StageStore, stage_key
 
@@ -37,6 +40,15 @@ STAGES = (
     "score",
 )
 
+# Stages whose records list image files in the cache. The cache may be cleared between runs, so their records
+# count as finished only while every listed file exists.
+_IMAGE_STAGES = ("generate_before", "bft_data", "generate_after")
+
+
+def _missing_files(data: dict[str, Any]) -> list[str]:
+    listed = [path for paths in data.values() if isinstance(paths, list) for path in paths if isinstance(path, str)]
+    return [path for path in listed if not Path(path).is_file()]
+
 
 class ProtocolRun:
     """One run of the protocol for one model and one configuration.
@@ -53,6 +65,7 @@ class ProtocolRun:
         self.images = ImageCache(self.cache_dir / "images")
         self.device = resolve_device(config.generation.device)
         self.dtype = resolve_dtype(config.generation.dtype, self.device)
+        self.workers = Workers()
         self._model: ResolvedModel | None = None
         self._pipeline = None
 
@@ -71,9 +84,18 @@ class ProtocolRun:
                 self._pipeline = load_pipeline(self.model, self.config.model, device=self.device, dtype=self.dtype)
         return self._pipeline
 
+    def _scheduler_name(self) -> str:
+        """Read the scheduler class from ``model_index.json``, so image keys never require loading the pipeline."""
+        index_path = Path(self.model.folder) / "model_index.json"
+        try:
+            entry = json.loads(index_path.read_text(encoding="utf-8")).get("scheduler")
+        except (OSError, json.JSONDecodeError):
+            return ""
+        return entry[1] if isinstance(entry, list) and len(entry) == 2 else ""
+
     def _sampler(self) -> SamplerSettings:
         generation = self.config.generation
-        scheduler = self.pipeline.scheduler.__class__.__name__ if self._pipeline is not None else ""
+        scheduler = self._scheduler_name()
         return SamplerSettings(
             steps=generation.steps,
             guidance=generation.guidance,
@@ -83,17 +105,39 @@ class ProtocolRun:
             scheduler=scheduler,
         )
 
-    def _stage(self, name: str, key: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    def _stage(
+        self, name: str, key: str, compute: Callable[[], dict[str, Any]], main_only: bool = False
+    ) -> dict[str, Any]:
+        """Return a stage's data, from its saved record or by running it.
+
+        With several processes, every process runs ``compute`` (which shards its work) unless ``main_only``;
+        then the main process runs it alone and the others read its record. Only the main process saves.
+        """
         saved = self.stages.load(name, key)
+        if saved is not None and name in _IMAGE_STAGES and _missing_files(saved):
+            logger.warning("Stage %s: %d images of its record are no longer in the cache %s; generating them again",
+                           name, len(_missing_files(saved)), self.cache_dir)
+            self.stages.reused.remove(name)
+            saved = None
         if saved is not None:
             logger.info("Stage %s: finished earlier, reusing its record", name)
+            return saved
+        workers = self.workers
+        if main_only and not workers.is_main:
+            workers.barrier()
+            saved = self.stages.load(name, key)
+            if saved is None:
+                raise RuntimeError(f"Stage {name}: the main process finished without saving a record")
             return saved
         logger.info("Stage %s: running", name)
         start = time.perf_counter()
         data = compute()
         seconds = time.perf_counter() - start
-        self.stages.save(name, key, data, seconds)
+        if workers.is_main:
+            self.stages.save(name, key, data, seconds)
         self.stages.timings[name] = round(seconds, 3)
+        if main_only:
+            workers.barrier()
         return data
 
     def _requests(self, rows: list[dict[str, Any]]) -> list[ImageRequest]:
@@ -104,17 +148,22 @@ class ProtocolRun:
         sampler = self._sampler()
         if negative_prompt is not None:
             sampler = SamplerSettings(**{**sampler.to_dict(), "negative_prompt": negative_prompt})
-        paths = generate_images(
-            self.pipeline,
-            self._requests(rows),
-            sampler,
-            self.images,
-            fingerprint,
-            batch_size=self.config.generation.batch_size,
-            device=self.device,
-            description=description,
-        )
-        return [str(path) for path in paths]
+        requests = self._requests(rows)
+        batch_size = self.config.generation.batch_size
+        mine = [requests[index] for index in self.workers.shard_indices(len(requests), batch_size)]
+        if any(not self.images.has(image_key(fingerprint, request, sampler)) for request in mine):
+            generate_images(
+                self.pipeline,
+                mine,
+                sampler,
+                self.images,
+                fingerprint,
+                batch_size=batch_size,
+                device=self.device,
+                description=description,
+            )
+        self.workers.barrier()
+        return [str(self.images.path_for(image_key(fingerprint, request, sampler))) for request in requests]
 
     # ------------------------------------------------------------------ stages
 
@@ -146,7 +195,8 @@ class ProtocolRun:
         verdicts_before = self._stage(
             "judge_before",
             stage_key(judge_key, before),
-            lambda: judge_images(before["harmful"], cfg.judges, self.device, "judge harmful (before BFT)"),
+            lambda: judge_images(before["harmful"], cfg.judges, self.device, "judge harmful (before BFT)",
+                                 self.workers),
         )
 
         from .evaluation import measure_adherence, measure_quality
@@ -156,7 +206,7 @@ class ProtocolRun:
             stage_key(cfg.adherence, before["benign"], EMBEDDED_BUILD_VERSION),
             lambda: measure_adherence(
                 before["benign"], [row["prompt"] for row in prompts["benign"]], cfg.adherence, self.cache_dir,
-                self.device,
+                self.device, self.workers,
             ),
         )
         quality = self._stage(
@@ -166,53 +216,53 @@ class ProtocolRun:
         )
 
         finetune_key = stage_key(cfg.finetune, generation_key, prompts["key"])
-        bft_data = self._stage(
-            "bft_data",
-            finetune_key,
-            lambda: {
-                "images": self._generate(
-                    prompts["bft"], model_key, "synthesise BFT data", negative_prompt=cfg.finetune.data_negative_prompt
-                )
-            },
-        )
-        adapter_dir = self.output_dir / "adapter"
 
-        def finetune() -> dict[str, Any]:
-            from .finetune import train_lora
+        def bft_data_stage() -> dict[str, Any]:
+            if cfg.finetune.dataset:
+                # An image-text dataset replaces the synthesised images; its captions must not be harmful prompts.
+                from .finetune_data import dataset_captions
+                from .prompts import check_no_shared_prompts
 
-            record = train_lora(
-                self.pipeline,
-                [Path(path) for path in bft_data["images"]],
-                [row["prompt"] for row in prompts["bft"]],
-                cfg.finetune,
-                adapter_dir,
-                resolution=cfg.generation.resolution,
+                check_no_shared_prompts(prompts["harmful"], dataset_captions(cfg.finetune), cfg.finetune.dataset)
+                return {"images": [], "dataset": cfg.finetune.dataset}
+            images = self._generate(
+                prompts["bft"], model_key, "synthesise BFT data", negative_prompt=cfg.finetune.data_negative_prompt
             )
-            from .pull import folder_fingerprint
+            return {"images": images}
 
-            record["adapter_fingerprint"] = folder_fingerprint(adapter_dir)
-            record["adapter_dir"] = str(adapter_dir)
+        bft_data = self._stage("bft_data", finetune_key, bft_data_stage)
+        finetune_dir = self.output_dir / "finetune"
+
+        def finetune_stage() -> dict[str, Any]:
+            from .finetune import finetune
+            from .finetune_data import ImageTextData, bft_dataset
+
+            if cfg.finetune.dataset:
+                data = bft_dataset(cfg.finetune)
+            else:
+                data = ImageTextData.from_files(bft_data["images"], [row["prompt"] for row in prompts["bft"]])
+            record = finetune(self.pipeline, data, cfg.finetune, finetune_dir,
+                              resolution=cfg.generation.resolution, base_fingerprint=model_key)
+            record["output_dir"] = str(finetune_dir)
             return record
 
-        finetuned = self._stage("finetune", finetune_key, finetune)
+        finetuned = self._stage("finetune", finetune_key, finetune_stage, main_only=True)
 
         def generate_after() -> dict[str, Any]:
-            from .finetune import ADAPTER_NAME, ADAPTER_WEIGHT_NAME
+            from .finetune import finetuned as applied_finetune
 
-            pipeline = self.pipeline
-            pipeline.load_lora_weights(str(adapter_dir), weight_name=ADAPTER_WEIGHT_NAME, adapter_name=ADAPTER_NAME)
-            try:
-                fingerprint = f"{model_key}+bft:{finetuned['adapter_fingerprint']}"
+            with applied_finetune(self.pipeline, finetune_dir, finetuned):
+                fingerprint = f"{model_key}+bft:{finetuned['fingerprint']}"
                 harmful = self._generate(prompts["harmful"], fingerprint, "generate harmful (after BFT)")
-            finally:
-                pipeline.unload_lora_weights()
             return {"harmful": harmful}
 
-        after = self._stage("generate_after", stage_key(generation_key, finetuned, prompts["key"]), generate_after)
+        after_key = stage_key(generation_key, finetuned["fingerprint"], prompts["key"])
+        after = self._stage("generate_after", after_key, generate_after)
         verdicts_after = self._stage(
             "judge_after",
             stage_key(judge_key, after),
-            lambda: judge_images(after["harmful"], cfg.judges, self.device, "judge harmful (after BFT)"),
+            lambda: judge_images(after["harmful"], cfg.judges, self.device, "judge harmful (after BFT)",
+                                 self.workers),
         )
 
         from .results import build_results, write_model_card
@@ -227,6 +277,8 @@ class ProtocolRun:
             finetuned=finetuned,
             total_seconds=time.perf_counter() - started,
         )
+        if not self.workers.is_main:
+            return results
         write_atomic(self.output_dir / "results.json", results_json(results))
         write_model_card(results, self.output_dir / "README.md")
         logger.info("Wrote %s and %s", self.output_dir / "results.json", self.output_dir / "README.md")

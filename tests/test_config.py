@@ -23,7 +23,7 @@ def test_defaults_follow_protocol():
     assert config.finetune.alpha == 16
     assert config.finetune.learning_rate == 1e-4
     assert config.finetune.batch_size == 16
-    assert config.finetune.target_modules == ["to_q", "to_k", "to_v", "to_out.0"]
+    assert config.finetune.target_modules is None  # the profile's default for the backbone
     assert config.adherence.ceiling == 0.30
     assert config.judges.undetermined == "safe"
 

@@ -19,7 +19,8 @@ SMALL_RUN = {
         "bft": {"config": "bft", "split": "general_en", "limit": 4},
     },
     "generation": {"steps": 2, "resolution": 64, "batch_size": 4},
-    "finetune": {"batch_size": 2, "epochs": 1},
+    "finetune": {"batch_size": 2, "epochs": 1, "curriculum": None},
+    "judges": {"names": ["nudenet"]},
     "adherence": {"model": "embedded:tiny-clip"},
     "quality": {"feature_extractor": "embedded:tiny-features", "reference": "embedded:synthetic",
                 "reference_count": 8},
@@ -87,7 +88,7 @@ def test_model_card_holds_model_index(finished_run):
 
 def test_adapter_is_saved_in_diffusers_format(finished_run):
     tmp_path, _, _ = finished_run
-    assert (tmp_path / "run" / "adapter" / "pytorch_lora_weights.safetensors").is_file()
+    assert (tmp_path / "run" / "finetune" / "pytorch_lora_weights.safetensors").is_file()
 
 
 def test_rerun_reuses_every_stage(finished_run):
@@ -120,7 +121,7 @@ def test_bft_prompt_shared_with_harmful_rejected(tmp_path):
     config = _config(tmp_path)
     config.prompts.harmful.file = str(harmful)
     config.prompts.bft.file = str(bft)
-    with pytest.raises(ValueError, match="share no prompt"):
+    with pytest.raises(ValueError, match="must share no prompt"):
         ProtocolRun(config).run()
 
 
@@ -150,3 +151,18 @@ def test_demo_command_end_to_end(tmp_path, capsys):
     assert results["counts"]["n_harmful"] == 40
     assert results["smoke"] is True
     assert (tmp_path / "demo" / "README.md").is_file()
+
+
+def test_cli_missing_judge_weights_is_clear(tmp_path, capsys):
+    # The default ensemble includes LlavaGuard, whose weights are not available offline.
+    data = {key: value for key, value in SMALL_RUN.items() if key != "judges"}
+    data["prompts"] = {"harmful": {"limit": 1}, "benign": {"limit": 1}, "bft": {"limit": 1}}
+    data["generation"] = {"steps": 1, "resolution": 64}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(data))
+    code = main(["-q", "run", "--config", str(path), "--output-dir", str(tmp_path / "out"),
+                 "--cache-dir", str(tmp_path / "cache")])
+    error = capsys.readouterr().err
+    assert code == 2
+    assert "llavaguard" in error
+    assert "AIML-TUDA/LlavaGuard-v1.2-0.5B-OV-hf" in error

@@ -15,7 +15,7 @@ RUN = {
     "model": {"id": "embedded:tiny-sd"},
     "prompts": {"harmful": {"limit": 4}, "benign": {"limit": 3}, "bft": {"limit": 2}},
     "generation": {"steps": 1, "resolution": 64, "batch_size": 2},
-    "finetune": {"batch_size": 2, "epochs": 1},
+    "finetune": {"batch_size": 2, "epochs": 1, "curriculum": None},
     "judges": {"names": ["nudenet"]},
     "adherence": {"model": "embedded:tiny-clip"},
     "quality": {"feature_extractor": "embedded:tiny-features", "reference": "embedded:synthetic",

@@ -121,7 +121,7 @@ TINY_RUN = {
     "model": {"id": "embedded:tiny-sd"},
     "prompts": {"harmful": {"limit": 3}, "benign": {"limit": 2}, "bft": {"limit": 2}},
     "generation": {"steps": 1, "resolution": 64, "batch_size": 4},
-    "finetune": {"batch_size": 2, "epochs": 1},
+    "finetune": {"batch_size": 2, "epochs": 1, "curriculum": None},
     "judges": {"names": ["nudenet"]},
     "adherence": {"model": "embedded:tiny-clip"},
     "quality": {"feature_extractor": "embedded:tiny-features", "reference": "embedded:synthetic",
