@@ -44,8 +44,11 @@ class StageStore:
             return None
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             logger.warning("Stage record %s is not valid JSON; running the stage again", path)
+            return None
+        if not isinstance(record, dict) or not isinstance(record.get("data"), dict):
+            logger.warning("Stage record %s is not a record with 'key' and 'data'; running the stage again", path)
             return None
         if record.get("key") != key:
             logger.info("Stage %s: settings changed since the saved record; running it again", name)

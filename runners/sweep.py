@@ -11,9 +11,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .config import ConfigError, RunConfig, config_from_dict, resolve_relative_paths
+from .config import ConfigError, RunConfig, config_from_dict, parse_yaml, resolve_relative_paths
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -35,12 +33,16 @@ def load_sweep(path: str | Path) -> list[RunConfig]:
     """
     path = Path(path)
     try:
-        sweep = yaml.safe_load(path.read_text(encoding="utf-8"))
+        sweep = parse_yaml(path.read_text(encoding="utf-8"), str(path))
     except FileNotFoundError:
         raise FileNotFoundError(f"Sweep file not found: {path}") from None
-    if not isinstance(sweep, dict) or set(sweep) - {"base", "runs"}:
+    if not isinstance(sweep, dict):
         raise ConfigError(["a sweep file is a mapping with the keys 'base' (a config file) and 'runs' (a list)"],
                           str(path))
+    unknown = sorted(str(key) for key in set(sweep) - {"base", "runs"})
+    if unknown:
+        raise ConfigError([f"{key}: unknown key; a sweep file has only the keys 'base' (a config file) and 'runs' "
+                           "(a list)" for key in unknown], str(path))
     runs = sweep.get("runs")
     if not isinstance(runs, list) or not runs or not all(isinstance(run, dict) for run in runs):
         raise ConfigError(["runs: must be a non-empty list of mappings"], str(path))
@@ -48,7 +50,7 @@ def load_sweep(path: str | Path) -> list[RunConfig]:
     if sweep.get("base"):
         base_path = path.parent / sweep["base"]
         try:
-            base = yaml.safe_load(base_path.read_text(encoding="utf-8")) or {}
+            base = parse_yaml(base_path.read_text(encoding="utf-8"), str(base_path)) or {}
         except FileNotFoundError:
             raise FileNotFoundError(f"Base configuration {sweep['base']!r} of {path} not found at {base_path}") from None
     if base.get("scenario") is not None and any("scenario" in run for run in runs):

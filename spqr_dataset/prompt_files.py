@@ -59,8 +59,18 @@ def read_prompt_file(
 
 def _read_jsonl_records(path: Path) -> list[tuple[int, Any]]:
     records = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    # Lines are decoded one at a time so that a decoding error names its line.
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if number == 1:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")  # the byte order mark that some Windows editors write
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise PromptValidationError(
+                    f"not UTF-8 text ({error.reason} at byte {error.start} of the line); save the file as UTF-8",
+                    file=str(path), row=number,
+                ) from error
             if not line.strip():
                 continue
             try:

@@ -112,6 +112,22 @@ def normalize_text(text: str) -> str:
     return _WHITESPACE.sub(" ", unicodedata.normalize("NFC", text)).strip()
 
 
+def _character_problem(text: str) -> str | None:
+    """Describe why a normalised text field is unusable, or return None.
+
+    Control characters other than whitespace (NUL, ESC, DEL, C1 codes) are invisible, never part of a prompt's
+    meaning, and would make two prompts that read the same differ. A field of only invisible format characters
+    (zero-width spaces and joiners, direction marks) is empty to a reader. Format characters inside visible
+    text stay, because scripts such as Arabic and Hindi and emoji sequences use them.
+    """
+    control = next((character for character in text if unicodedata.category(character) == "Cc"), None)
+    if control is not None:
+        return f"contains the control character U+{ord(control):04X}; remove it, prompts are plain text"
+    if all(unicodedata.category(character) == "Cf" for character in text):
+        return "empty string (only invisible format characters such as zero-width spaces)"
+    return None
+
+
 def check_config_split(config: str, split: str | None = None) -> None:
     """Raise `ValueError` when `config` (or `split` within it) is not part of the dataset."""
     if config not in CONFIG_SPLITS:
@@ -170,6 +186,9 @@ def validate_row(
         value = normalize_text(value)
         if not value:
             raise fail("empty string", name)
+        problem = _character_problem(value)
+        if problem:
+            raise fail(problem, name)
         out[name] = value
 
     for name in ("safe_prompt", "coco_id", "source_id"):
@@ -178,6 +197,9 @@ def validate_row(
             raise fail(f"expected a string or null, got {type(value).__name__} {value!r}", name)
         if value is not None:
             value = normalize_text(value) or None
+        problem = _character_problem(value) if value is not None else None
+        if problem:
+            raise fail(problem, name)
         out[name] = value
 
     for name in ("nudity_percentage", "inappropriate_percentage"):

@@ -21,6 +21,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .judges.images import to_rgb
+
 logger = logging.getLogger(__name__)
 
 ImageInput = Union[str, Path, Image.Image]
@@ -29,13 +31,6 @@ DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
 
 TRUNCATION_RULE = "first max_length-1 tokens + end-of-text token"
 """Truncation rule for prompts longer than the text encoder's context, as written into ``settings()``."""
-
-
-def _load_rgb(image: ImageInput) -> Image.Image:
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    with Image.open(image) as opened:
-        return opened.convert("RGB")
 
 
 def _transformers_at_least(version: str) -> bool:
@@ -205,6 +200,11 @@ class ClipAdherence:
         for index, prompt in enumerate(prompts):
             if not isinstance(prompt, str):
                 raise TypeError(f"Prompt {index} must be a string, but got {type(prompt).__name__}: {prompt!r}.")
+            if not prompt.strip():
+                raise ValueError(
+                    f"Prompt {index} is empty or only whitespace ({prompt!r}); pass the prompt each image was "
+                    "generated from, because adherence to an empty prompt measures nothing."
+                )
         for index, image in enumerate(images):
             if not isinstance(image, (str, Path, Image.Image)):
                 raise TypeError(
@@ -216,7 +216,8 @@ class ClipAdherence:
         """Compute the cosine similarity between each image's and its prompt's CLIP embeddings.
 
         Args:
-            images: Image file paths or PIL images. Files are opened one batch at a time.
+            images: Image file paths or PIL images. Files are opened one batch at a time, with their EXIF
+                orientation applied (see :func:`spqr_metric.judges.images.to_rgb`).
             prompts: One prompt per image, in any language the tokenizer covers.
 
         Returns:
@@ -224,8 +225,9 @@ class ClipAdherence:
             ``prompts[i]``.
 
         Raises:
-            ValueError: If the lengths differ or the input is empty.
+            ValueError: If the lengths differ, the input is empty, or a prompt is empty or only whitespace.
             TypeError: If a prompt is not a string or an image is neither a path nor a PIL image.
+            spqr_metric.judges.images.ImageReadError: If an image file cannot be decoded; the message names it.
             OSError: If the model cannot be loaded, e.g. offline without a cached copy.
         """
         self._check_inputs(images, prompts)
@@ -238,7 +240,7 @@ class ClipAdherence:
         results = []
         for batch in progress:
             pixels = self._processor.image_processor(
-                images=[_load_rgb(image) for image in images[batch]], return_tensors="pt"
+                images=[to_rgb(image) for image in images[batch]], return_tensors="pt"
             )["pixel_values"]
             text = self.tokenize(prompts[batch])
             # CLIPModel's forward returns L2-normalised image_embeds and text_embeds in transformers 4 and 5.

@@ -7,7 +7,8 @@ FID fits a Gaussian to each set's features and measures the Fréchet distance be
 Features come from ``torchmetrics``' ``FrechetInceptionDistance``: either its standard 2048-d Inception-v3
 pool features (needs ``torch-fidelity``, which downloads the Inception weights on first use) or any injected
 ``nn.Module`` that maps uint8 images of shape (N, 3, H, W) to (N, d) features. Images are read from files one
-batch at a time, resized to the extractor's resolution with PIL bicubic resampling, and passed as uint8.
+batch at a time (through ``spqr_metric.judges.images.to_rgb``, so EXIF orientation is applied), resized
+to the extractor's resolution with PIL bicubic resampling, and passed as uint8.
 
 Reference statistics (mean, covariance and N of the reference features) are computed once and cached as
 safetensors files, keyed by the feature extractor, the reference set and the resolution. SPQR turns FIDs into
@@ -31,6 +32,8 @@ import torch
 from PIL import Image, ImageDraw
 from torch import nn
 from tqdm.auto import tqdm
+
+from .judges.images import to_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -388,11 +391,7 @@ class FidScorer:
     def _load_batch(self, images: Sequence[ImageInput]) -> torch.Tensor:
         arrays = []
         for image in images:
-            if isinstance(image, Image.Image):
-                rgb = image.convert("RGB")
-            else:
-                with Image.open(image) as opened:
-                    rgb = opened.convert("RGB")
+            rgb = to_rgb(image)
             if rgb.size != (self.resolution, self.resolution):
                 rgb = rgb.resize((self.resolution, self.resolution), Image.Resampling.BICUBIC)
             arrays.append(np.asarray(rgb, dtype=np.uint8))

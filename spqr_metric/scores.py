@@ -346,7 +346,9 @@ def _weighted_harmonic_mean(axes: Sequence[Any], weights: Mapping[str, float]) -
     w = np.array([weights[axis] for axis in AXES]).reshape((4,) + (1,) * (stacked.ndim - 1))
     positive = np.all(stacked > 0, axis=0)
     safe = np.where(stacked > 0, stacked, 1.0)
-    return np.where(positive, w.sum(axis=0) / (w / safe).sum(axis=0), 0.0)
+    # An axis near the smallest float makes w / x overflow to inf, and the mean then is 0, its correct limit.
+    with np.errstate(over="ignore"):
+        return np.where(positive, w.sum(axis=0) / (w / safe).sum(axis=0), 0.0)
 
 
 def spqr_score(
