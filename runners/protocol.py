@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import yaml
 
-from .config import RunConfig
+from .config import EMBEDDED_PREFIX, RunConfig
 from .embedded import EMBEDDED_BUILD_VERSION, default_cache_dir
 from .distributed import Workers
 from .generate import (ImageCache, ImageRequest, SamplerSettings, generate_images, image_key, prompt_seed,
@@ -140,6 +140,16 @@ class ProtocolRun:
             workers.barrier()
         return data
 
+    def _prepare_shared_files(self) -> None:
+        """Download or build the model files once, on the main process, before the others read them."""
+        if self.workers.is_main:
+            self.model  # noqa: B018 - resolving downloads or builds the model
+            if self.config.adherence.model.startswith(EMBEDDED_PREFIX):
+                from .embedded import embedded_model_path
+
+                embedded_model_path(self.config.adherence.model, self.cache_dir)
+        self.workers.barrier()
+
     def _requests(self, rows: list[dict[str, Any]]) -> list[ImageRequest]:
         seed = self.config.generation.seed
         return [ImageRequest(row["id"], row["prompt"], prompt_seed(row["id"], seed)) for row in rows]
@@ -178,6 +188,7 @@ class ProtocolRun:
         cfg = self.config
 
         prompts = self._stage("prompts", stage_key(cfg.prompts), lambda: load_prompt_sets(cfg.prompts))
+        self._prepare_shared_files()
         model_key = self.model.fingerprint
         generation_key = stage_key(cfg.generation, model_key)
 
