@@ -181,9 +181,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .config import ConfigError
     from .pull import ModelNotFoundError
 
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
     try:
         return int(args.handler(args) or 0)
-    except (ConfigError, FileNotFoundError, ValueError, JudgeLoadError, ModelNotFoundError) as error:
+    except (ConfigError, FileNotFoundError, ValueError, JudgeLoadError, ModelNotFoundError,
+            OfflineModeIsEnabled) as error:
         logger.debug("Command failed", exc_info=True)
         print(f"spqr: error: {error}", file=sys.stderr)
         return 2
