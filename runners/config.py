@@ -88,6 +88,25 @@ class ModelConfig:
         return problems
 
 
+def failed_checks(section: Any, checks: list, prefix: str = "") -> list[str]:
+    """Apply (dotted path, test, message) checks to ``section`` and return a message for each failed one.
+
+    A test that raises TypeError on a value of the wrong type counts as failed.
+    """
+    problems = []
+    for path, test, message in checks:
+        value = section
+        for part in path.split("."):
+            value = getattr(value, part)
+        try:
+            valid = test(value)
+        except TypeError:
+            valid = False
+        if not valid:
+            problems.append(f"{prefix}{path}: {message}, got {value!r}")
+    return problems
+
+
 @dataclasses.dataclass
 class PromptSetConfig:
     config: str = "harmful"
@@ -215,15 +234,7 @@ class FinetuneConfig:
 
     def check(self) -> list[str]:
         """Check every value and the fields that depend on each other; one message per problem (empty if valid)."""
-        problems = []
-        for name, test, message in _FINETUNE_CHECKS:
-            value = getattr(self, name)
-            try:
-                valid = test(value)
-            except TypeError:
-                valid = False
-            if not valid:
-                problems.append(f"finetune.{name}: {message}, got {value!r}")
+        problems = failed_checks(self, _FINETUNE_CHECKS, "finetune.")
         if self.profile == "standard" and self.target_modules is not None:
             problems.append(f"finetune.target_modules: must be null for the standard profile, which trains every "
                             f"UNet weight; got {self.target_modules!r}")
@@ -442,13 +453,6 @@ def _build(cls: type, data: dict, prefix: str, problems: list[str], default: Any
     return dataclasses.replace(default, **values)
 
 
-def _lookup(config: RunConfig, path: str) -> Any:
-    value: Any = config
-    for part in path.split("."):
-        value = getattr(value, part)
-    return value
-
-
 def _split_problems(role: str, prompt_set: PromptSetConfig) -> list[str]:
     """Check a prompt set's dataset config and its splits (``a+b`` joins splits) against the dataset's list."""
     if prompt_set.file is not None:
@@ -481,14 +485,7 @@ def config_from_dict(data: dict, source: str = "config") -> RunConfig:
     data = apply_scenario(data, problems)
     config = _build(RunConfig, data, "", problems)
     if not problems:
-        for path, check, message in _VALUE_CHECKS:
-            value = _lookup(config, path)
-            try:
-                valid = check(value)
-            except TypeError:
-                valid = False
-            if not valid:
-                problems.append(f"{path}: {message}, got {value!r}")
+        problems.extend(failed_checks(config, _VALUE_CHECKS))
         for role in ("harmful", "benign", "bft"):
             limit = getattr(config.prompts, role).limit
             check, message = _PROMPT_LIMIT_CHECK
