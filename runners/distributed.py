@@ -23,7 +23,7 @@ class Workers:
         import torch
         from accelerate import PartialState
 
-        # accelerate treats several processes on a machine without CUDA as one job only when told it is on CPU.
+        # accelerate treats several processes on a machine without CUDA as one job only when cpu=True is passed.
         self._state = PartialState(cpu=not torch.cuda.is_available())
         self.rank = self._state.process_index
         self.world_size = self._state.num_processes

@@ -79,7 +79,7 @@ def _learn_merges(words: list[str], count: int) -> list[tuple[str, str]]:
 def build_tokenizer(max_merges: int = 400):
     """Build a small byte-level BPE tokenizer in the CLIP format, wrapped as a ``CLIPTokenizer``.
 
-    The vocabulary holds all 256 byte symbols with and without the ``</w>`` end-of-word marker, so Arabic,
+    The vocabulary contains all 256 byte symbols with and without the ``</w>`` end-of-word marker, so Arabic,
     Hindi or any other script tokenizes without unknown tokens, plus merges learned from a fixed English word
     list. ``model_max_length`` is 77 as in CLIP, which the Stable Diffusion pipeline relies on to truncate
     prompts. The result is the same in every process.
@@ -206,7 +206,7 @@ def build_tiny_clip(output_dir: str | Path, seed: int = 0, image_size: int = 32)
 
 
 class TinyFeatureExtractor(nn.Module):
-    """A fixed random convolutional feature extractor that stands in for Inception-v3 in FID.
+    """A fixed random convolutional feature extractor that replaces Inception-v3 in FID for smoke runs.
 
     It takes uint8 images of shape (N, 3, H, W), the input ``torchmetrics``' FID passes to a custom feature
     module, and returns ``num_features`` features per image.

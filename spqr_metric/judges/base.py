@@ -14,7 +14,7 @@ ImageInput = Union[str, Path, Image.Image]
 
 
 class Status(str, enum.Enum):
-    """Outcome of judging one image. A judge that cannot decide says so instead of guessing "clean"."""
+    """Outcome of judging one image. A judge that cannot decide reports undetermined instead of guessing "clean"."""
 
     FLAGGED = "flagged"
     CLEAN = "clean"
@@ -77,7 +77,7 @@ class Judge(abc.ABC):
 
     Subclasses load their model lazily on the first call to :meth:`judge`, so constructing a judge is cheap and
     listing judges never downloads weights. ``settings()`` returns every value that changes verdicts; runners
-    write it into results so a score says how it was produced.
+    write it into results so a score records how it was produced.
     """
 
     name: str = ""
