@@ -12,6 +12,7 @@ Pushing a second scenario therefore adds its R and SPQR and leaves S, P and Q as
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
@@ -257,61 +258,122 @@ def build_eval_entries(
     return [{**entry, "evaluation_framework": EVALUATION_FRAMEWORK} for entry in eval_result_entries_to_yaml(entries)]
 
 
-def _model_index_key(result) -> tuple:
+def _block_key(block: dict[str, Any]) -> tuple:
+    """Task and dataset identity of one ``model-index`` result block (the metrics it holds are compared apart)."""
+    task, dataset = block.get("task") or {}, block.get("dataset") or {}
     return (
-        result.task_type,
-        result.dataset_type,
-        result.dataset_config,
-        result.dataset_split,
-        result.dataset_revision,
-        result.metric_type,
-        result.metric_config,
+        task.get("type"),
+        dataset.get("type"),
+        dataset.get("config"),
+        dataset.get("split"),
+        dataset.get("revision"),
     )
 
 
-def _describe_model_index(result) -> str:
-    text = f"{result.metric_type} on {result.dataset_type} {result.dataset_config}/{result.dataset_split}"
-    if result.dataset_revision:
-        text += f"@{result.dataset_revision}"
-    return text + (f", scenario {result.metric_config}" if result.metric_config else "")
+def _describe_metric(block: dict[str, Any], metric: dict[str, Any]) -> str:
+    _, dataset_type, config, split, revision = _block_key(block)
+    text = f"{metric.get('type')} on {dataset_type} {config}/{split}"
+    if revision:
+        text += f"@{revision}"
+    return text + (f", scenario {metric['config']}" if metric.get("config") else "")
+
+
+def _metric_locations(model_index: list[dict[str, Any]]) -> dict[tuple, list[tuple[dict, dict]]]:
+    """Map each metric identity to the ``(block, metric)`` pairs that state it, in card order."""
+    locations: dict[tuple, list[tuple[dict, dict]]] = {}
+    for model in model_index:
+        for block in model.get("results") or []:
+            for metric in block.get("metrics") or []:
+                key = (*_block_key(block), metric.get("type"), metric.get("config"))
+                locations.setdefault(key, []).append((block, metric))
+    return locations
 
 
 def merge_model_index(
-    existing: Sequence, new: Sequence, *, overwrite: bool = False
-) -> tuple[list, list[MetricChange]]:
-    """Merge new ``EvalResult`` objects into a card's existing ones.
+    existing: Sequence[dict[str, Any]] | None,
+    new: Sequence[dict[str, Any]],
+    *,
+    overwrite: bool = False,
+) -> tuple[list[dict[str, Any]], list[MetricChange]]:
+    """Merge new ``model-index`` entries into a card's existing ones, as plain YAML data.
 
-    A metric is the same when task type, dataset (id, config, split, revision), metric type and metric config
-    match. Results that match none of the new ones, such as other benchmarks, stay as they are and in order.
-    huggingface_hub's ``metadata_update`` is not used for this. In version 2.4 it treats results whose ``args``
-    differ as different metrics. A new value with new intervals would then be appended next to the old one
-    instead of being reported as a conflict.
+    The merge works on the YAML data, not on huggingface_hub ``EvalResult`` objects, whose round trip drops
+    keys it does not model (another benchmark's extra metric keys, a second model name). A metric is the same
+    when task type, dataset (id, config, split, revision), metric type and metric config match. A matching
+    metric is replaced in place. A new one joins the block with the same task, dataset and source, or
+    a new block. Everything else stays as it is and in order. huggingface_hub's ``metadata_update`` is not used:
+    in version 2.4 it treats results whose ``args`` differ as different metrics, so a new value with new
+    intervals would be appended next to the old one instead of being reported as a conflict.
+
+    Args:
+        existing: The card's ``model-index`` list (None or empty for a card without one). Not modified.
+        new: The entries to merge, as ``huggingface_hub.repocard_data.eval_results_to_model_index`` makes them.
+        overwrite: Whether a different value replaces the old one (``"overwrite"``) or is a ``"conflict"``.
 
     Returns:
-        ``(merged, changes)``: the merged list and one change per new result. A metric that already has a
-        different value is replaced and reported as ``"overwrite"`` when ``overwrite`` is True, else as
-        ``"conflict"``, and the caller must then not write the merged list.
+        ``(merged, changes)``: the merged list and one change per new metric. On a ``"conflict"`` the caller
+        must not write the merged list.
     """
-    merged = list(existing)
+    merged = copy.deepcopy(list(existing or []))
     changes: list[MetricChange] = []
-    for result in new:
-        matches = [i for i, old in enumerate(merged) if _model_index_key(old) == _model_index_key(result)]
-        name = _describe_model_index(result)
-        if not matches:
-            merged.append(result)
-            changes.append(MetricChange("README.md", name, "add", None, result.metric_value))
-            continue
-        old = merged[matches[0]]
-        if not _values_equal(old.metric_value, result.metric_value):
-            action = "overwrite" if overwrite else "conflict"
-        else:
-            action = "unchanged" if old == result else "refresh"
-        changes.append(MetricChange("README.md", name, action, old.metric_value, result.metric_value))
-        merged[matches[0]] = result
-        # A card edited by hand can list a metric twice; keep one, so the card states a single value.
-        for index in reversed(matches[1:]):
-            del merged[index]
+    emptied = []  # blocks whose only metrics were duplicates removed here
+    locations = _metric_locations(merged)
+    for new_model in new:
+        for new_block in new_model.get("results") or []:
+            pending = []
+            for metric in new_block.get("metrics") or []:
+                key = (*_block_key(new_block), metric.get("type"), metric.get("config"))
+                name = _describe_metric(new_block, metric)
+                found = locations.get(key)
+                if not found:
+                    pending.append(metric)
+                    changes.append(MetricChange("README.md", name, "add", None, metric.get("value")))
+                    continue
+                block, old = found[0]
+                if not _values_equal(old.get("value"), metric.get("value")):
+                    action = "overwrite" if overwrite else "conflict"
+                elif old == metric and block.get("source") == new_block.get("source"):
+                    action = "unchanged"
+                else:
+                    action = "refresh"
+                changes.append(MetricChange("README.md", name, action, old.get("value"), metric.get("value")))
+                block["metrics"][block["metrics"].index(old)] = copy.deepcopy(metric)
+                if "source" in new_block:
+                    block["source"] = copy.deepcopy(new_block["source"])
+                # A card edited by hand can state a metric twice; keep one, so the card gives a single value.
+                for other_block, duplicate in found[1:]:
+                    other_block["metrics"].remove(duplicate)
+                    if not other_block["metrics"]:
+                        emptied.append(other_block)
+                locations = _metric_locations(merged)
+            if pending:
+                _add_metrics(merged, new_model, new_block, pending)
+                locations = _metric_locations(merged)
+    emptied_ids = {id(block) for block in emptied}
+    for model in merged:
+        if any(id(block) in emptied_ids for block in model.get("results") or []):
+            model["results"] = [block for block in model["results"] if id(block) not in emptied_ids]
     return merged, changes
+
+
+def _add_metrics(
+    merged: list[dict[str, Any]], new_model: dict[str, Any], new_block: dict[str, Any], metrics: list[dict]
+) -> None:
+    """Append ``metrics`` to the block of ``merged`` with ``new_block``'s task, dataset and source, or a new block."""
+    for model in merged:
+        for block in model.get("results") or []:
+            same_place = block.get("dataset") == new_block.get("dataset") and block.get("source") == new_block.get("source")
+            if same_place and _block_key(block) == _block_key(new_block):
+                block["metrics"].extend(copy.deepcopy(metrics))
+                return
+    block = copy.deepcopy({**new_block, "metrics": metrics})
+    target = next((model for model in merged if model.get("name") == new_model.get("name")), None)
+    if target is None and merged:
+        target = merged[0]
+    if target is None:
+        merged.append({"name": new_model.get("name"), "results": [block]})
+    else:
+        target["results"] = [*(target.get("results") or []), block]
 
 
 def _entry_key(entry: dict[str, Any]) -> tuple:

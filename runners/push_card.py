@@ -72,6 +72,25 @@ def load_card(text: str | None, repo_id: str, revision: str) -> Any:
         ) from error
 
 
+def read_model_index(text: str | None) -> list[dict[str, Any]]:
+    """Return the ``model-index`` list of a README.md's YAML metadata as plain data, or ``[]`` when it has none.
+
+    Call it on a card that :func:`load_card` accepted; the list then has the layout huggingface_hub reads.
+    """
+    from huggingface_hub.repocard import REGEX_YAML_BLOCK
+
+    match = REGEX_YAML_BLOCK.search(text or "")
+    metadata = yaml.safe_load(match.group(2)) if match is not None else None
+    return list((metadata or {}).get("model-index") or [])
+
+
+def set_model_index(card: Any, model_index: list[dict[str, Any]]) -> None:
+    """Make ``card`` write ``model_index`` as its ``model-index`` verbatim, not rebuilt from ``EvalResult`` objects."""
+    card.data.eval_results = None
+    card.data.model_name = None
+    card.data["model-index"] = model_index
+
+
 def add_tag(card: Any, tag: str = CARD_TAG) -> None:
     """Add ``tag`` to the card's tags unless it is there already, keeping the others."""
     tags = list(card.data.tags or [])

@@ -19,7 +19,15 @@ from .eval_entries import (
     merge_model_index,
     parse_eval_entries,
 )
-from .push_card import add_tag, check_card, check_eval_entries, load_card, upsert_results_section
+from .push_card import (
+    add_tag,
+    check_card,
+    check_eval_entries,
+    load_card,
+    read_model_index,
+    set_model_index,
+    upsert_results_section,
+)
 from .result_files import derive_scenario
 
 logger = logging.getLogger(__name__)
@@ -139,6 +147,7 @@ def plan_push(
     """
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.repocard_data import eval_results_to_model_index
 
     from .results import render_results_section
 
@@ -164,9 +173,13 @@ def plan_push(
     except ValueError as error:
         raise PushError(str(error)) from error
     new_results = build_eval_results(results, **targets)
-    merged_results, changes = merge_model_index(card.data.eval_results or [], new_results, overwrite=overwrite)
-    card.data.model_name = card.data.model_name or repo_id.split("/")[-1]
-    card.data.eval_results = merged_results
+    existing_index = read_model_index(card_text)
+    # SPQR results join the card's first model entry, or a new one named after the repository.
+    model_name = (existing_index[0].get("name") if existing_index else None) or repo_id.split("/")[-1]
+    merged_index, changes = merge_model_index(
+        existing_index, eval_results_to_model_index(model_name, new_results), overwrite=overwrite
+    )
+    set_model_index(card, merged_index)
     add_tag(card)
     try:
         section = render_results_section(results)

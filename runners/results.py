@@ -130,34 +130,18 @@ def _interval_text(results: dict[str, Any], axis: str) -> str:
 
 
 def eval_results(results: dict[str, Any]) -> list:
-    """Return one huggingface_hub ``EvalResult`` per axis and for SPQR."""
-    from huggingface_hub import EvalResult
+    """Return one huggingface_hub ``EvalResult`` per score, laid out as ``spqr push`` writes them.
 
-    harmful = results["prompts"]["harmful"]
-    dataset_id = harmful.get("dataset") or "spqr_dataset"
-    entries = []
-    for axis, name in AXIS_NAMES.items():
-        value = results["scores"].get(axis)
-        if value is None:
-            continue
-        entries.append(
-            EvalResult(
-                task_type="text-to-image",
-                task_name="Safety alignment under benign fine-tuning",
-                dataset_type=dataset_id,
-                dataset_name="SPQR prompts",
-                dataset_config=harmful.get("config"),
-                dataset_split=harmful.get("split"),
-                dataset_revision=harmful.get("revision"),
-                metric_type=f"spqr_{axis.lower()}",
-                metric_name=name,
-                metric_value=round(float(value), 4),
-                metric_args={"protocol": results["protocol"], "smoke": results.get("smoke", False)},
-                source_name="SPQR benchmark (spqr-benchmark)",
-                source_url=SPQR_PAPER_URL,
-            )
-        )
-    return entries
+    The local card and a pushed card then name each metric the same way (task ids of the prompt dataset's
+    ``eval.yaml``), so a later ``spqr push`` to a repository that got this card merges instead of duplicating.
+    The dataset is the one the run recorded, or ``spqr_dataset`` for the prompts shipped with the package.
+    """
+    from .eval_entries import build_eval_results
+
+    dataset_id = results["prompts"]["harmful"].get("dataset") or "spqr_dataset"
+    return build_eval_results(
+        results, dataset_id=str(dataset_id), source_url=SPQR_PAPER_URL, source_name="SPQR benchmark (spqr-benchmark)"
+    )
 
 
 def render_results_section(results: dict[str, Any]) -> str:

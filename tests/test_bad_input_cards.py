@@ -7,8 +7,7 @@ test_push.py covers invalid YAML, metadata that is a list and a model-index entr
   nothing is committed.
 - Shapes it can read are kept next to the SPQR results.
 - A card of several megabytes keeps its body byte for byte.
-- Keys of another benchmark's metrics that huggingface_hub does not know are dropped (a strict xfail test pins
-  that gap).
+- Keys that huggingface_hub does not model (another benchmark's extra metric keys, a second model name) are kept.
 """
 
 import pytest
@@ -82,10 +81,6 @@ def test_push_keeps_metric_with_text_value(hub, hub_token):
     assert _other_metrics(hub) == [[{"type": "rating", "value": "high"}]]
 
 
-# NOTE: spqr push rebuilds model-index through huggingface_hub's EvalResult, which has no place for keys it does
-# not know, so another benchmark's extra metric keys are dropped. Merging the YAML entries themselves would keep
-# them.
-@pytest.mark.xfail(strict=True, reason="huggingface_hub's EvalResult drops unknown metric keys on the round trip")
 def test_push_keeps_unknown_metric_keys(hub, hub_token):
     _push_over_other_metric(hub, "{type: rating, value: 3, extra: [1, 2]}")
     assert _other_metrics(hub) == [[{"type": "rating", "value": 3, "extra": [1, 2]}]]
@@ -142,3 +137,43 @@ def test_push_huge_model_index_preserved(hub, hub_token):
     others = {result["dataset"]["type"]: result["metrics"][0]["value"] for result in results
               if result["dataset"]["type"].startswith("other/set-")}
     assert others == {f"other/set-{index}": index for index in range(ENTRIES)}
+
+
+def test_push_keeps_unmodelled_keys(hub, hub_token):
+    other = {
+        "task": {"type": "text-to-image", "subtask": "art"},
+        "dataset": {"type": "other/set", "name": "Other", "languages": ["en", "fr"]},
+        "metrics": [{"type": "rating", "value": 3, "extra": [1, 2]}],
+        "source": {"name": "Other board", "url": "https://example.org/board"},
+        "notes": "measured by hand",
+    }
+    second_model = {"name": "esd-ema", "results": [{**other, "metrics": [{"type": "rating", "value": 4}]}]}
+    metadata = yaml.safe_dump({"model-index": [{"name": "esd", "results": [other]}, second_model]}, sort_keys=False)
+    hub.create_repo(REPO)
+    hub.commit_files(REPO, {"README.md": f"---\n{metadata}---\n# ESD\n"})
+
+    _push()
+
+    model_index = _metadata(_readme(hub))["model-index"]
+    assert [model["name"] for model in model_index] == ["esd", "esd-ema"]
+    assert model_index[0]["results"][0] == other
+    assert model_index[1] == second_model
+    spqr_types = {metric["type"] for block in model_index[0]["results"][1:] for metric in block["metrics"]}
+    assert spqr_types == {"safety", "prompt_adherence", "quality", "robustness", "spqr"}
+
+
+def test_push_duplicate_metric_collapsed(hub, hub_token):
+    hub.create_repo(REPO)
+    _push()
+    metadata = _metadata(_readme(hub))
+    blocks = metadata["model-index"][0]["results"]
+    safety = next(block for block in blocks if block["metrics"][0]["type"] == "safety")
+    stale = {**safety, "metrics": [{**safety["metrics"][0], "value": 0.1}]}
+    metadata["model-index"][0]["results"].append(stale)  # a hand edit that states S twice
+    hub.commit_files(REPO, {"README.md": "---\n" + yaml.safe_dump(metadata, sort_keys=False) + "---\n# ESD\n"})
+
+    _push(overwrite=True)
+
+    values = [metric["value"] for block in _metadata(_readme(hub))["model-index"][0]["results"]
+              for metric in block["metrics"] if metric["type"] == "safety"]
+    assert values == [safety["metrics"][0]["value"]]
