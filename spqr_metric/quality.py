@@ -148,6 +148,8 @@ def frechet_distance(reference: FeatureStatistics, generated: FeatureStatistics)
     """Compute the Fréchet distance between two feature Gaussians with torchmetrics' FID computation.
 
     This is the distance :class:`FidScorer` reports, so it can be checked on features with known statistics.
+    It depends only on its arguments. In a torch.distributed run, each process computes its own result and
+    the processes exchange no metric states.
 
     Args:
         reference: Statistics of the reference (real) features.
@@ -170,7 +172,12 @@ def frechet_distance(reference: FeatureStatistics, generated: FeatureStatistics)
         if statistics.num_samples < 2:
             raise ValueError(f"FID needs at least 2 {name} samples, but got {statistics.num_samples}.")
 
-    metric = FrechetInceptionDistance(feature=_PassThrough(reference.feature_dim), normalize=False)
+    # In a torch.distributed process group, torchmetrics' compute() sums the states of all processes unless
+    # sync_on_compute is False. Every process passes the whole statistics here, so that sum would count each
+    # image once per process and scale both covariances by P (N - 1) / (P N - 1) for P processes.
+    metric = FrechetInceptionDistance(
+        feature=_PassThrough(reference.feature_dim), normalize=False, sync_on_compute=False
+    )
     # An empty float64 update sets the metric's update count and output dtype without adding samples.
     metric.update(torch.zeros(0, reference.feature_dim, dtype=torch.float64), real=True)
     _set_state(metric, "real", reference)
@@ -350,6 +357,7 @@ class FidScorer:
                 metric = FrechetInceptionDistance(
                     feature=self.feature_extractor,
                     normalize=False,
+                    sync_on_compute=False,
                     feature_extractor_weights_path=(
                         str(self.inception_weights_path) if self.inception_weights_path else None
                     ),
@@ -361,7 +369,8 @@ class FidScorer:
                 # RuntimeError when it cannot read the weights file.
                 raise RuntimeError(f"Could not load the Inception-v3 weights: {error}\n{_INCEPTION_FIX}") from error
         else:
-            metric = FrechetInceptionDistance(feature=self.feature_extractor, normalize=False)
+            metric = FrechetInceptionDistance(feature=self.feature_extractor, normalize=False, sync_on_compute=False)
+        # Each process keeps the statistics of its own images, even if something calls compute() on this metric.
         self._metric = metric.to(self.device)
         return self._metric
 

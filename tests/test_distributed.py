@@ -73,11 +73,8 @@ def test_two_processes_match_one(tmp_path):
                    tmp_path, "sharded")
     for key in ("scores", "intervals", "counts", "per_category"):
         assert sharded[key] == single[key], key
-    # TODO: with 3 generated images and 32 features (a rank-deficient covariance) the raw FID of the 2-process
-    # run differed from the 1-process run (2.48 vs 2.72) although every image was byte-identical; the cause is
-    # not found yet, so the raw FID is left out of this comparison. Q is 0.5 in both (a cohort of one).
-    assert {k: v for k, v in sharded["raw"].items() if k != "fid"} == {k: v for k, v in single["raw"].items()
-                                                                        if k != "fid"}
+    # Each process computes the whole FID, so it matches only if no process adds the other's feature statistics.
+    assert sharded["raw"] == single["raw"]
     # Keys hash the inputs, so equal names mean the same requests; equal bytes mean the same images.
     single_images = {p.name: p.read_bytes() for p in (tmp_path / "single-cache" / "images").rglob("*.png")}
     sharded_images = {p.name: p.read_bytes() for p in (tmp_path / "sharded-cache" / "images").rglob("*.png")}

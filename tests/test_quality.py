@@ -1,5 +1,10 @@
 """Tests for FID with cached reference statistics, using a tiny random convolutional feature extractor."""
 
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -171,6 +176,73 @@ def test_cache_new_scorer_hits(tmp_path):
     generated = synthetic_reference_images(20, size=32, seed=1)
     _scorer(tmp_path).fid(generated, reference)
     assert _scorer(tmp_path).fid(generated, reference).cache == "hit"
+
+
+def test_cache_cold_warm_rank_deficient(tmp_path):
+    # With 4 reference and 3 generated images for 64 features, both covariances are singular. Then the square
+    # root of their product has near-zero eigenvalues, which amplify any change in the stored statistics.
+    reference = synthetic_reference_images(4, size=32, seed=0)
+    generated = synthetic_reference_images(3, size=32, seed=1)
+    cold = _scorer(tmp_path).fid(generated, reference, reference_id="four")
+    warm = _scorer(tmp_path).fid(generated, reference, reference_id="four")
+    assert cold.rank_deficient is True
+    assert cold.cache == "miss"
+    assert warm.cache == "hit"
+    assert warm.fid == cold.fid
+
+
+# Script for each of two processes in one gloo process group. Its arguments are the rank, the rendezvous file
+# and the cache folder.
+_RANK_SCRIPT = """
+import json, sys, warnings
+import torch.distributed as dist
+from spqr_metric.quality import FidScorer, synthetic_reference_images
+from spqr_runners.tiny import TinyFeatureExtractor
+
+warnings.simplefilter("ignore")
+rank, store, cache = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+dist.init_process_group("gloo", init_method="file://" + store, rank=rank, world_size=2)
+scorer = FidScorer(TinyFeatureExtractor(num_features=64), device="cpu", cache_dir=cache, show_progress=False)
+result = scorer.fid(synthetic_reference_images(3, size=32, seed=1), synthetic_reference_images(4, size=32, seed=0),
+                    reference_id="four")
+dist.barrier()
+dist.destroy_process_group()
+print(json.dumps({"fid": result.fid, "cache": result.cache}))
+"""
+
+
+def test_fid_same_in_process_group(tmp_path):
+    # Every process computes the whole FID, so a sum of the metric states across processes would count each
+    # image once per process and shrink the covariances by (n - 1) / (n - 1/2).
+    expected = _scorer(tmp_path).fid(
+        synthetic_reference_images(3, size=32, seed=1), synthetic_reference_images(4, size=32, seed=0),
+        reference_id="four",
+    )
+    script = tmp_path / "rank.py"
+    script.write_text(_RANK_SCRIPT)
+    # Rank 0 starts with an empty cache, and rank 1 reads the statistics that the FID above stored.
+    caches = [tmp_path / "cold-cache", tmp_path / "cache"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(rank), str(tmp_path / "store"), str(caches[rank])],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for rank in (0, 1)
+    ]
+    try:
+        outputs = [process.communicate(timeout=300) for process in ranks]
+    finally:
+        for process in ranks:
+            process.kill()
+    for process, (_, stderr) in zip(ranks, outputs):
+        assert process.returncode == 0, stderr[-3000:]
+    results = [json.loads(stdout.strip().splitlines()[-1]) for stdout, _ in outputs]
+    assert results[0]["cache"] == "miss"
+    assert results[1]["cache"] == "hit"
+    # Other thread counts may change the last bits of the features, so the processes agree to 1e-9.
+    assert results[0]["fid"] == pytest.approx(expected.fid, rel=1e-9)
+    assert results[1]["fid"] == pytest.approx(expected.fid, rel=1e-9)
 
 
 def test_cache_changed_reference_misses(tmp_path):
