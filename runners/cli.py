@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from importlib import resources
 from pathlib import Path
@@ -24,10 +25,11 @@ def _setup_logging(verbosity: int) -> None:
     for name in ("diffusers", "transformers", "httpx", "huggingface_hub", "datasets", "urllib3", "filelock"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbosity > 1 else logging.WARNING)
     if verbosity <= 1:
-        # The per-split "Generating ... split" bars of datasets show nothing about the run's progress.
-        import datasets
-
-        datasets.disable_progress_bars()
+        # The per-split "Generating ... split" bars of datasets show nothing about the run's progress. datasets
+        # reads this variable when it is imported, which only commands that load prompts do.
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        if "datasets" in sys.modules:
+            sys.modules["datasets"].disable_progress_bars()
 
 
 def format_summary(results: dict[str, Any]) -> str:
@@ -176,24 +178,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(-1 if args.quiet else args.verbose)
-    from spqr_metric.judges import JudgeLoadError
-
-    from .config import ConfigError
-    from .pull import ModelNotFoundError
-
-    from huggingface_hub.errors import OfflineModeIsEnabled
-
     try:
         return int(args.handler(args) or 0)
-    except (ConfigError, FileNotFoundError, ValueError, JudgeLoadError, ModelNotFoundError,
-            OfflineModeIsEnabled) as error:
-        logger.debug("Command failed", exc_info=True)
-        print(f"spqr: error: {error}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("spqr: interrupted; finished stages and images are kept, rerun the same command to resume",
               file=sys.stderr)
         return 130
+    except Exception as error:
+        if not isinstance(error, _user_errors()):
+            raise
+        logger.debug("Command failed", exc_info=True)
+        print(f"spqr: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Return the exception types that end a command with a one-line message and exit status 2.
+
+    They are imported only once a command failed, so that commands do not pay for importing the libraries
+    that define them.
+    """
+    from huggingface_hub.errors import OfflineModeIsEnabled
+    from spqr_metric.judges.base import JudgeLoadError
+
+    from .config import ConfigError
+    from .resolve import ModelNotFoundError
+
+    return ConfigError, FileNotFoundError, ValueError, JudgeLoadError, ModelNotFoundError, OfflineModeIsEnabled
 
 
 if __name__ == "__main__":

@@ -457,7 +457,7 @@ def _split_problems(role: str, prompt_set: PromptSetConfig) -> list[str]:
     """Check a prompt set's dataset config and its splits (``a+b`` joins splits) against the dataset's list."""
     if prompt_set.file is not None:
         return []
-    from spqr_dataset.schema import CONFIG_SPLITS
+    from spqr_dataset.layout import CONFIG_SPLITS
 
     if prompt_set.config not in CONFIG_SPLITS:
         close = difflib.get_close_matches(prompt_set.config, CONFIG_SPLITS, n=1)

@@ -9,17 +9,40 @@ only the main process writes stage records and results.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Callable, Sequence, TypeVar
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# Variables through which torchrun, accelerate launch (which starts torchrun or mpirun) and MPI launchers give
+# each process the number of processes.
+_WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")
+
+
+def launched_processes() -> int:
+    """Return the number of processes a launcher started for this run, 1 when none set a world size."""
+    sizes = []
+    for name in _WORLD_SIZE_VARIABLES:
+        value = os.environ.get(name, "").strip()
+        if value.isdigit():
+            sizes.append(int(value))
+    return max(sizes, default=1)
+
 
 class Workers:
-    """This process's place among the processes of a run: one process when nothing launched several."""
+    """This process's place among the processes of a run: one process when nothing launched several.
+
+    A single process imports neither torch nor accelerate here, so a rerun that only reads finished stage
+    records starts quickly.
+    """
 
     def __init__(self) -> None:
+        self._state = None
+        self.rank, self.world_size, self.is_main = 0, 1, True
+        if launched_processes() <= 1:
+            return
         import torch
         from accelerate import PartialState
 

@@ -22,17 +22,17 @@ def default_cache_dir() -> Path:
 
 def embedded_model_path(model_id: str, cache_dir: Path) -> Path:
     """Return the folder of an embedded model, building it there first if it is missing."""
-    from . import tiny
-
     name = model_id[len(EMBEDDED_PREFIX):] if model_id.startswith(EMBEDDED_PREFIX) else model_id
-    builders = {"tiny-sd": tiny.build_tiny_pipeline, "tiny-clip": tiny.build_tiny_clip}
-    if name not in builders:
+    if name not in EMBEDDED_MODELS:
         raise ValueError(
-            f"Unknown embedded model {model_id!r}; known: {', '.join(EMBEDDED_PREFIX + n for n in builders)}"
+            f"Unknown embedded model {model_id!r}; known: {', '.join(EMBEDDED_PREFIX + n for n in EMBEDDED_MODELS)}"
         )
     folder = Path(cache_dir) / "embedded" / f"{name}-v{EMBEDDED_BUILD_VERSION}"
     if folder.is_dir():
         return folder
+    from . import tiny  # torch, diffusers and transformers, only needed to build
+
+    builders = {"tiny-sd": tiny.build_tiny_pipeline, "tiny-clip": tiny.build_tiny_clip}
     folder.parent.mkdir(parents=True, exist_ok=True)
     # Build in a temporary folder and rename, so a crash never leaves a half-written model behind.
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{name}-"))

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .cohort import check_comparable, rescore_cohort
-from .generate import write_atomic
+from .image_cache import write_atomic
 from .leaderboard_render import render_html, render_json, render_markdown
 from .result_files import derive_scenario, read_results, resolve_results_path
 

@@ -19,9 +19,8 @@ import yaml
 from .config import EMBEDDED_PREFIX, RunConfig
 from .embedded import EMBEDDED_BUILD_VERSION, default_cache_dir
 from .distributed import Workers
-from .generate import (ImageCache, ImageRequest, SamplerSettings, generate_images, image_key, prompt_seed,
-                       write_atomic)
-from .pull import ResolvedModel, load_pipeline, resolve_device, resolve_dtype, resolve_model
+from .image_cache import ImageCache, ImageRequest, SamplerSettings, image_key, prompt_seed, write_atomic
+from .resolve import ResolvedModel, resolve_model
 from .stages import StageStore, stage_key
 
 logger = logging.getLogger(__name__)
@@ -63,11 +62,29 @@ class ProtocolRun:
         self.output_dir = Path(config.output_dir) if config.output_dir else Path("runs") / config.name
         self.stages = StageStore(self.output_dir)
         self.images = ImageCache(self.cache_dir / "images")
-        self.device = resolve_device(config.generation.device)
-        self.dtype = resolve_dtype(config.generation.dtype, self.device)
         self.workers = Workers()
         self._model: ResolvedModel | None = None
         self._pipeline = None
+        self._device = None
+
+    # Stages that finished earlier are read back without torch, so a rerun of a finished run stays cheap.
+    # Device, dtype and pipeline are therefore resolved on first use.
+
+    @property
+    def device(self):
+        """The torch device that generation, judging and scoring use."""
+        if self._device is None:
+            from .pull import resolve_device
+
+            self._device = resolve_device(self.config.generation.device)
+        return self._device
+
+    @property
+    def dtype(self):
+        """The torch dtype the pipeline is loaded in."""
+        from .pull import resolve_dtype
+
+        return resolve_dtype(self.config.generation.dtype, self.device)
 
     # ------------------------------------------------------------------ helpers
 
@@ -80,6 +97,8 @@ class ProtocolRun:
     @property
     def pipeline(self):
         if self._pipeline is None:
+            from .pull import load_pipeline
+
             with self.stages.timed("load_pipeline"):
                 self._pipeline = load_pipeline(self.model, self.config.model, device=self.device, dtype=self.dtype)
         return self._pipeline
@@ -162,6 +181,8 @@ class ProtocolRun:
         batch_size = self.config.generation.batch_size
         mine = [requests[index] for index in self.workers.shard_indices(len(requests), batch_size)]
         if any(not self.images.has(image_key(fingerprint, request, sampler)) for request in mine):
+            from .generate import generate_images
+
             generate_images(
                 self.pipeline,
                 mine,
@@ -174,6 +195,11 @@ class ProtocolRun:
             )
         self.workers.barrier()
         return [str(self.images.path_for(image_key(fingerprint, request, sampler))) for request in requests]
+
+    def _judge(self, paths: list[str], description: str) -> dict[str, Any]:
+        from .judging import judge_images
+
+        return judge_images(paths, self.config.judges, self.device, description, self.workers)
 
     # ------------------------------------------------------------------ stages
 
@@ -196,34 +222,37 @@ class ProtocolRun:
             return {
                 "harmful": self._generate(prompts["harmful"], model_key, "generate harmful (before BFT)"),
                 "benign": self._generate(prompts["benign"], model_key, "generate benign"),
+                "device": str(self.device),
+                "dtype": str(self.dtype).replace("torch.", ""),
             }
 
         before = self._stage("generate_before", stage_key(generation_key, prompts["key"]), generate_before)
 
-        from .judging import judge_images
-
         judge_key = stage_key(cfg.judges)
         verdicts_before = self._stage(
             "judge_before",
-            stage_key(judge_key, before),
-            lambda: judge_images(before["harmful"], cfg.judges, self.device, "judge harmful (before BFT)",
-                                 self.workers),
+            stage_key(judge_key, before["harmful"]),
+            lambda: self._judge(before["harmful"], "judge harmful (before BFT)"),
         )
 
-        from .evaluation import measure_adherence, measure_quality
+        def adherence_stage() -> dict[str, Any]:
+            from .evaluation import measure_adherence
+
+            prompt_texts = [row["prompt"] for row in prompts["benign"]]
+            return measure_adherence(before["benign"], prompt_texts, cfg.adherence, self.cache_dir, self.device,
+                                     self.workers)
+
+        def quality_stage() -> dict[str, Any]:
+            from .evaluation import measure_quality
+
+            return measure_quality(before["benign"], cfg.quality, self.cache_dir, self.device)
 
         adherence = self._stage(
-            "adherence",
-            stage_key(cfg.adherence, before["benign"], EMBEDDED_BUILD_VERSION),
-            lambda: measure_adherence(
-                before["benign"], [row["prompt"] for row in prompts["benign"]], cfg.adherence, self.cache_dir,
-                self.device, self.workers,
-            ),
+            "adherence", stage_key(cfg.adherence, before["benign"], EMBEDDED_BUILD_VERSION), adherence_stage
         )
+        # FID needs every image's features in one place, so the main process computes it alone.
         quality = self._stage(
-            "quality",
-            stage_key(cfg.quality, before["benign"], EMBEDDED_BUILD_VERSION),
-            lambda: measure_quality(before["benign"], cfg.quality, self.cache_dir, self.device),
+            "quality", stage_key(cfg.quality, before["benign"], EMBEDDED_BUILD_VERSION), quality_stage, main_only=True
         )
 
         finetune_key = stage_key(cfg.finetune, generation_key, prompts["key"])
@@ -272,8 +301,7 @@ class ProtocolRun:
         verdicts_after = self._stage(
             "judge_after",
             stage_key(judge_key, after),
-            lambda: judge_images(after["harmful"], cfg.judges, self.device, "judge harmful (after BFT)",
-                                 self.workers),
+            lambda: self._judge(after["harmful"], "judge harmful (after BFT)"),
         )
 
         from .results import build_results, write_model_card
@@ -287,6 +315,7 @@ class ProtocolRun:
             quality=quality,
             finetuned=finetuned,
             total_seconds=time.perf_counter() - started,
+            generated=before,
         )
         if not self.workers.is_main:
             return results

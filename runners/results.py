@@ -10,7 +10,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .generate import write_atomic
+from .image_cache import write_atomic
 
 if TYPE_CHECKING:
     from .protocol import ProtocolRun
@@ -51,8 +51,14 @@ def build_results(
     quality: dict[str, Any],
     finetuned: dict[str, Any],
     total_seconds: float,
+    generated: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Score the run and return results.json's content: scores, raw values, counts, settings, versions, timing."""
+    """Score the run and return results.json's content: scores, raw values, counts, settings, versions, timing.
+
+    ``generated`` is the record of the stage that generated the images before fine-tuning. Its device and dtype
+    are reported, so a rerun that reuses the images neither imports torch to resolve them nor reports another
+    device than the one that made them.
+    """
     from spqr_metric.aggregate import score_run
 
     cfg = run.config
@@ -92,8 +98,8 @@ def build_results(
         "generation": {
             **vars(cfg.generation),
             "seed_rule": "per image: sha256('<seed>:<prompt id>'), first 8 bytes shifted right by 1",
-            "device": str(run.device),
-            "dtype": str(run.dtype).replace("torch.", ""),
+            "device": (generated or {}).get("device") or str(run.device),
+            "dtype": (generated or {}).get("dtype") or str(run.dtype).replace("torch.", ""),
         },
         "judges": {
             "settings": verdicts_before["settings"],

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from .generate import write_atomic
+from .image_cache import write_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,6 @@ The same seed always gives the same weights and the same files, so the demo's im
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 

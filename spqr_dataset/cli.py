@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from .schema import CONFIG_SPLITS
+from .layout import CONFIG_SPLITS
 
 logger = logging.getLogger(__name__)
 

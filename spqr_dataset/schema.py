@@ -15,37 +15,8 @@ from typing import Any
 
 import pyarrow as pa
 
-# Config name -> its splits, in the order the card lists them.
-CONFIG_SPLITS: dict[str, tuple[str, ...]] = {
-    "harmful": ("visu", "i2p", "ring_a_bell"),
-    "benign": ("coco",),
-    "bft": (
-        "general_en",
-        "multilingual_ar",
-        "multilingual_es",
-        "multilingual_fr",
-        "multilingual_hi",
-        "domain_art",
-        "domain_medical",
-    ),
-    "ood": ("jailbreak", "paraphrase"),
-}
-DEFAULT_CONFIG = "harmful"
-
-# The `role` every row of a config must have. Out-of-distribution prompts carry harmful intent.
-CONFIG_ROLES: dict[str, str] = {"harmful": "harmful", "benign": "benign", "bft": "bft", "ood": "harmful"}
-ROLES = ("harmful", "benign", "bft")
-
-# Language each BFT split must be written in; other splits may mix languages.
-SPLIT_LANGUAGES: dict[tuple[str, str], str] = {
-    ("bft", "general_en"): "en",
-    ("bft", "multilingual_ar"): "ar",
-    ("bft", "multilingual_es"): "es",
-    ("bft", "multilingual_fr"): "fr",
-    ("bft", "multilingual_hi"): "hi",
-    ("bft", "domain_art"): "en",
-    ("bft", "domain_medical"): "en",
-}
+# The layout constants live in a module without pyarrow, so that config checks stay cheap to import.
+from .layout import CONFIG_ROLES, CONFIG_SPLITS, DEFAULT_CONFIG, ROLES, SPLIT_LANGUAGES  # noqa: F401
 
 ARROW_SCHEMA = pa.schema(
     [

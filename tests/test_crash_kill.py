@@ -99,7 +99,7 @@ def _check_no_partial_files(output: Path, cache: Path) -> list[str]:
     """Return a description of every file that a rerun would read but that is partial or unreadable."""
     from safetensors import safe_open
 
-    from spqr_runners.generate import ImageCache
+    from spqr_runners.image_cache import ImageCache
 
     problems = []
     for path in _cached_pngs(cache):
@@ -239,7 +239,7 @@ def kill_loops(reference_runs, tmp_path_factory):
 
 
 def test_two_runs_share_one_cache(reference_runs):
-    from spqr_runners.generate import ImageCache
+    from spqr_runners.image_cache import ImageCache
 
     first, second = reference_runs["results"]
     cache = reference_runs["cache"]
@@ -274,7 +274,7 @@ def test_sigkill_then_resume_gives_uninterrupted_scores(kill_loops, reference_ru
 
 
 def test_manifest_reader_skips_partial_line(tmp_path):
-    from spqr_runners.generate import ImageCache
+    from spqr_runners.image_cache import ImageCache
 
     cache = ImageCache(tmp_path)
     cache.put("a" * 64, Image.new("RGB", (8, 8)), {"prompt_id": "p0"})

@@ -106,6 +106,30 @@ def test_rerun_reuses_every_stage(finished_run):
     assert "load_pipeline" not in again["timing_seconds"]
 
 
+def test_rerun_command_skips_heavy_imports(finished_run):
+    # A finished run is only read back, so the command must not pay for importing the model libraries.
+    import subprocess
+    import sys
+
+    tmp_path, config, results = finished_run
+    config_path = tmp_path / "rerun.yaml"
+    config_path.write_text(yaml.safe_dump(config.to_dict()), encoding="utf-8")
+    script = (
+        "import sys\n"
+        "from spqr_runners.cli import main\n"
+        f"code = main(['-q', 'run', '--config', {str(config_path)!r}])\n"
+        "heavy = sorted({'torch', 'diffusers', 'transformers', 'datasets', 'onnxruntime'} & set(sys.modules))\n"
+        "print('HEAVY', ','.join(heavy), 'CODE', code)\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+
+    assert completed.returncode == 0, completed.stderr
+    assert "HEAVY  CODE 0" in completed.stdout, completed.stdout[-2000:]
+    assert saved["scores"] == results["scores"]
+    assert saved["generation"]["device"] == "cpu"
+
+
 def test_changed_seed_reruns_generation_only(finished_run):
     tmp_path, _, _ = finished_run
     config = _config(tmp_path, **{"generation.seed": 1})

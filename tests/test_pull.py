@@ -13,12 +13,8 @@ import torch
 
 from spqr_runners.config import ConfigError, ModelConfig, config_from_dict
 from spqr_runners.pull import ModelNotFoundError, load_pipeline, resolve_model
-from spqr_runners.weights import (
-    PickleRejectedError,
-    StateDictMismatchError,
-    folder_fingerprint,
-    load_state_dict_file,
-)
+from spqr_runners.weight_files import PickleRejectedError, folder_fingerprint
+from spqr_runners.weights import StateDictMismatchError, load_state_dict_file
 
 CPU = torch.device("cpu")
 LORA_RANK, LORA_ALPHA = 4, 8

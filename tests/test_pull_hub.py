@@ -12,7 +12,7 @@ import torch
 
 from spqr_runners.config import ModelConfig
 from spqr_runners.pull import ModelNotFoundError, resolve_model
-from spqr_runners.weights import PickleRejectedError
+from spqr_runners.weight_files import PickleRejectedError
 from test_pull import (
     LORA_MODULE,
     assert_state_equal,

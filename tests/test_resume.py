@@ -6,7 +6,7 @@ import warnings
 import pytest
 
 from spqr_runners.config import config_from_dict
-from spqr_runners.generate import ImageCache
+from spqr_runners.image_cache import ImageCache
 from spqr_runners.protocol import ProtocolRun
 from spqr_runners.stages import StageStore
 

@@ -154,7 +154,7 @@ def test_diffusers_loads_pass_use_safetensors():
 @settings(deadline=None)  # the first example imports torch
 @given(st.text(min_size=1, max_size=40))
 def test_image_cache_path_inside_root(prompt_id):
-    from spqr_runners.generate import ImageCache, ImageRequest, SamplerSettings, image_key
+    from spqr_runners.image_cache import ImageCache, ImageRequest, SamplerSettings, image_key
 
     root = Path("/cache-root")
     cache = ImageCache(root)
