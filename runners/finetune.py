@@ -13,7 +13,7 @@ weights as an uninterrupted run, because each stage reseeds from the run's seed 
 the saved weights and optimizer state.
 
 Output in ``output_dir``: ``finetune.json`` (the record :func:`finetune` returns) and either a LoRA adapter
-``pytorch_lora_weights.safetensors`` (lite; ``load_lora_weights`` reads it) or a ``unet/`` folder (moderate,
+``pytorch_lora_weights.safetensors`` (lite; ``load_lora_weights`` reads it, and ``lora_hooks`` applies it faster) or a ``unet/`` folder (moderate,
 standard; ``UNet2DConditionModel.from_pretrained`` reads it, in float32). :func:`load_finetuned` applies either to
 a pipeline, :func:`unload_finetuned` restores the base model exactly, and :func:`finetuned` does both around a
 ``with`` block.
@@ -311,7 +311,8 @@ class AppliedFinetune:
     """The changes :func:`load_finetuned` made to a pipeline, so that :func:`unload_finetuned` can undo them."""
 
     kind: str  # "lora" or "unet"
-    adapter_name: str | None = None  # lora: the adapter that was loaded
+    adapter_name: str | None = None  # lora: the adapter that load_lora_weights loaded
+    hooks: Any = None  # lora: the AttachedLora hooks, when the adapter was applied through hooks instead
     original_unet: Any = None  # unet: the pipeline's own UNet, put back on unload
 
 
@@ -345,6 +346,12 @@ def load_finetuned(pipeline: Any, output_dir: str | Path, record: dict[str, Any]
     if not path.exists():
         raise FileNotFoundError(f"Fine-tuned weights not found: {path}; run finetune again to write them")
     if record["kind"] == "lora":
+        from .lora_hooks import attach_lora, read_plain_lora
+
+        plain = read_plain_lora(path)
+        if plain is not None:
+            # The layout that fine-tuning writes: hooks add the same update without building peft layers.
+            return AppliedFinetune("lora", hooks=attach_lora(pipeline.unet, plain))
         pipeline.load_lora_weights(str(output_dir), weight_name=record["weights"], adapter_name=record["adapter_name"])
         # diffusers 0.42 creates the LoRA layers in training mode; give them the UNet's own mode again.
         pipeline.unet.train(pipeline.unet.training)
@@ -360,7 +367,9 @@ def load_finetuned(pipeline: Any, output_dir: str | Path, record: dict[str, Any]
 
 def unload_finetuned(pipeline: Any, applied: AppliedFinetune) -> None:
     """Undo :func:`load_finetuned`, so that the pipeline produces exactly its base output again."""
-    if applied.kind == "lora":
+    if applied.kind == "lora" and applied.hooks is not None:
+        applied.hooks.remove()
+    elif applied.kind == "lora":
         others = [name for name in pipeline.get_list_adapters().get("unet", []) if name != applied.adapter_name]
         if others:
             pipeline.delete_adapters(applied.adapter_name)
