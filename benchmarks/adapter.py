@@ -1,8 +1,9 @@
 """Switching to the fine-tuned model by toggling a LoRA adapter, against loading a second pipeline.
 
-The protocol generates the "after fine-tuning" images with the same pipeline it used before: it loads the
-benign fine-tuning LoRA with ``load_lora_weights`` and removes it with ``unload_lora_weights``. The alternative
-is a second ``from_pretrained`` of the base pipeline. This benchmark times both on the same files:
+The protocol generates the "after fine-tuning" images with the same pipeline it used before: it attaches the
+benign fine-tuning LoRA to the UNet through forward hooks (``spqr_runners.lora_hooks``) and removes them
+afterwards. The alternative is a second ``from_pretrained`` of the base pipeline. This benchmark times both on
+the same files, and also peft's ``load_lora_weights`` + ``unload_lora_weights``, which the hooks replace:
 
 - ``tiny``: the tiny pipeline (float32), which loads in a fraction of a second;
 - ``sd15``: a random-weight pipeline with Stable Diffusion 1.5's shapes, saved in float16 (about 2 GB), which
@@ -39,7 +40,7 @@ from .common import (
 logger = logging.getLogger(__name__)
 
 TARGET_FRACTION = 0.05
-"""Loading and unloading the adapter may cost at most this fraction of a ``from_pretrained`` load."""
+"""Attaching and removing the adapter may cost at most this fraction of a ``from_pretrained`` load."""
 
 LORA_RANK = 8
 LORA_ALPHA = 16
@@ -58,6 +59,7 @@ def save_lora(pipeline: Any, folder: Path) -> Path:
     Returns:
         The saved ``pytorch_lora_weights.safetensors`` file.
     """
+    import torch
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
@@ -65,6 +67,12 @@ def save_lora(pipeline: Any, folder: Path) -> Path:
     config = LoraConfig(r=LORA_RANK, lora_alpha=LORA_ALPHA, init_lora_weights="gaussian",
                         target_modules=list(LORA_TARGETS))
     pipeline.unet.add_adapter(config, adapter_name=ADAPTER_NAME)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in pipeline.unet.named_parameters():
+            if f"lora_B.{ADAPTER_NAME}" in name:
+                # peft starts B at zero; a nonzero B makes the update, and the output check, meaningful.
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.01)
     state = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipeline.unet, adapter_name=ADAPTER_NAME))
     # The metadata stores lora_alpha, without which load_lora_weights would assume alpha = rank.
     type(pipeline).save_lora_weights(folder, unet_lora_layers=state, weight_name=ADAPTER_WEIGHT_NAME,
@@ -87,23 +95,45 @@ def _same_state(first: dict[str, Any], second: dict[str, Any]) -> bool:
     return first.keys() == second.keys() and all(torch.equal(first[name], second[name]) for name in first)
 
 
-def _enable_disable_times(pipeline: Any, lora_file: Path, repeats: int) -> list[float]:
-    """Time ``disable_lora`` + ``enable_lora`` with the adapter kept loaded, then unload it again."""
-    pipeline.load_lora_weights(str(lora_file.parent), weight_name=lora_file.name, adapter_name=ADAPTER_NAME)
-    times = []
+def _unet_output(pipeline: Any) -> Any:
+    """Return the UNet's output on a fixed random input, to compare ways of applying the adapter."""
+    import torch
+
+    unet = pipeline.unet
+    generator = torch.Generator().manual_seed(0)
+    size = unet.config.sample_size
+    latents = torch.randn(1, unet.config.in_channels, size, size, generator=generator).to(unet.dtype)
+    context = torch.randn(1, 7, unet.config.cross_attention_dim, generator=generator).to(unet.dtype)
+    with torch.no_grad():
+        return unet(latents, 10, context, return_dict=False)[0]
+
+
+def _peft_times(pipeline: Any, lora_file: Path, repeats: int) -> tuple[dict[str, list[float]], Any]:
+    """Time peft's load and unload and ``disable_lora`` + ``enable_lora``; return the times and the UNet output."""
+    times: dict[str, list[float]] = {"load_lora": [], "unload": [], "disable_enable": []}
+    output = None
     for _ in range(repeats):
         begin = time.perf_counter()
+        pipeline.load_lora_weights(str(lora_file.parent), weight_name=lora_file.name, adapter_name=ADAPTER_NAME)
+        loaded = time.perf_counter()
         pipeline.disable_lora()
         pipeline.enable_lora()
-        times.append(time.perf_counter() - begin)
-    pipeline.unload_lora_weights()
-    return times
+        switched = time.perf_counter()
+        if output is None:
+            pipeline.unet.eval()
+            output = _unet_output(pipeline)
+        unload_begin = time.perf_counter()
+        pipeline.unload_lora_weights()
+        times["load_lora"].append(loaded - begin)
+        times["disable_enable"].append(switched - loaded)
+        times["unload"].append(time.perf_counter() - unload_begin)
+    return times, output
 
 
 def bench_adapter_toggle(
     model_size: ModelSize = "tiny", repeats: int = 5, model_dir: str | Path | None = None
 ) -> dict[str, Any]:
-    """Compare ``load_lora_weights`` + ``unload_lora_weights`` on a loaded pipeline with a ``from_pretrained``.
+    """Compare attaching and removing the LoRA hooks on a loaded pipeline with a ``from_pretrained``.
 
     Args:
         model_size: ``"tiny"`` or ``"sd15"`` (see the module docstring).
@@ -112,7 +142,8 @@ def bench_adapter_toggle(
 
     Returns:
         The result record; the ratio is toggle time / load time. The check ``base_weights_restored`` holds when
-        the UNet's state dict after unloading equals the one before loading, bit for bit.
+        the UNet's state dict after the toggles equals the one before, bit for bit, and ``same_output_as_peft``
+        when the UNet's output with the hooks equals its output with peft's LoRA layers, bit for bit.
 
     Raises:
         ValueError: If ``model_size`` is unknown.
@@ -120,6 +151,7 @@ def bench_adapter_toggle(
     import torch
     from diffusers import DiffusionPipeline
 
+    from spqr_runners.lora_hooks import attach_lora, read_plain_lora
     from spqr_runners.tiny import build_tiny_pipeline
 
     from . import sd15
@@ -143,43 +175,50 @@ def bench_adapter_toggle(
         lora_file = save_lora(load_pipeline(), folder / "lora")
         pipeline = load_pipeline()
         base_state = _unet_state(pipeline)
-        part_times: dict[str, list[float]] = {"load_lora": [], "unload": []}
+        part_times: dict[str, list[float]] = {"attach": [], "remove": []}
+        hook_outputs = []
 
         def toggle(_: int) -> None:
             begin = time.perf_counter()
-            pipeline.load_lora_weights(str(lora_file.parent), weight_name=lora_file.name, adapter_name=ADAPTER_NAME)
+            attached = attach_lora(pipeline.unet, read_plain_lora(lora_file))
             middle = time.perf_counter()
-            pipeline.unload_lora_weights()
-            part_times["load_lora"].append(middle - begin)
-            part_times["unload"].append(time.perf_counter() - middle)
+            if not hook_outputs:
+                hook_outputs.append(_unet_output(pipeline))
+            remove_begin = time.perf_counter()
+            attached.remove()
+            part_times["attach"].append(middle - begin)
+            part_times["remove"].append(time.perf_counter() - remove_begin)
 
         load_times, toggle_times = paired_times(lambda _: load_pipeline(), toggle, repeats,
                                                 f"adapter toggle ({model_size})", warmup=True)
+        peft_times, peft_output = _peft_times(pipeline, lora_file, repeats)
         restored = _same_state(base_state, _unet_state(pipeline))
-        switch_times = _enable_disable_times(pipeline, lora_file, repeats)
+        same_output = bool(torch.equal(hook_outputs[0], peft_output))
         adapted_modules = sum(1 for name, _ in pipeline.unet.named_modules() if name.endswith(LORA_TARGETS))
         pipeline_mib = _folder_bytes(model_dir) / 2**20
         lora_mib = lora_file.stat().st_size / 2**20
 
     ratio = median_ratio(toggle_times, load_times)
-    load_seconds, switch_seconds = median(load_times), median(switch_times)
+    load_seconds, peft_seconds = median(load_times), median(peft_times["load_lora"])
     note = (
-        f"load_lora_weights spends its time in peft, which builds the {adapted_modules} LoRA layers one by one in "
-        "Python and initialises each before the saved values replace them, so its cost follows the number of "
-        f"adapted modules, not the weights. from_pretrained read {pipeline_mib:.0f} MiB from the page cache in "
-        f"{load_seconds:.2f} s. Keeping the adapter loaded and switching it with disable_lora() and enable_lora() "
-        f"took {switch_seconds * 1000:.0f} ms ({switch_seconds / load_seconds:.1%} of a load)."
+        f"Attaching reads the {lora_mib:.1f} MiB adapter file and registers one hook on each of the "
+        f"{adapted_modules} adapted layers, and removing the hooks leaves the weights as they were. peft's "
+        f"load_lora_weights took {peft_seconds:.2f} s ({peft_seconds / load_seconds:.0%} of a load): it builds and "
+        "initialises one LoRA layer per adapted module in Python before the saved values replace them. "
+        f"from_pretrained read {pipeline_mib:.0f} MiB from the page cache in {load_seconds:.2f} s."
     )
     return benchmark_result(
         f"adapter_toggle_{model_size}",
-        f"{'Tiny' if model_size == 'tiny' else 'SD 1.5-sized'} pipeline ({dtype}): LoRA r={LORA_RANK} "
-        "load_lora_weights + unload_lora_weights vs DiffusionPipeline.from_pretrained",
+        f"{'Tiny' if model_size == 'tiny' else 'SD 1.5-sized'} pipeline ({dtype}): LoRA r={LORA_RANK} attached "
+        "through hooks and removed vs DiffusionPipeline.from_pretrained",
         measured={
-            "from_pretrained_s": median(load_times),
+            "from_pretrained_s": load_seconds,
             "toggle_s": median(toggle_times),
-            "load_lora_s": median(part_times["load_lora"]),
-            "unload_s": median(part_times["unload"]),
-            "disable_enable_s": median(switch_times),
+            "attach_s": median(part_times["attach"]),
+            "remove_s": median(part_times["remove"]),
+            "peft_load_lora_s": peft_seconds,
+            "peft_unload_s": median(peft_times["unload"]),
+            "peft_disable_enable_s": median(peft_times["disable_enable"]),
             "pipeline_files_mib": pipeline_mib,
             "lora_file_mib": lora_mib,
         },
@@ -188,7 +227,7 @@ def bench_adapter_toggle(
         target=TARGET_FRACTION,
         direction="at_most",
         repeats=repeats,
-        checks={"base_weights_restored": restored},
+        checks={"base_weights_restored": restored, "same_output_as_peft": same_output},
         note=note,
     )
 

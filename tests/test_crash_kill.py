@@ -31,7 +31,8 @@ KILLS_PER_LOOP = 10
 MAX_STARTS_PER_LOOP = 25  # a start whose run finishes before its kill point does not count as a kill
 RUN_TIMEOUT_SECONDS = 600
 STARTED_MARKER = "Stage prompts: "  # the first stage line of every start, after the imports
-# How long a start that reuses every record takes from its first stage line to its exit, at most (seconds).
+# How long a start that reuses every record takes from its first stage line to its exit, at most (seconds). A loop
+# lowers it to what such a start took, when one finishes before its kill point.
 REUSE_SECONDS = 3.0
 
 RUN = {
@@ -187,22 +188,28 @@ def _kill_loop(folder: Path, seed: int, timings: dict) -> dict:
     targets = sorted(rng.uniform(0.0, timings["total_this_invocation"]) for _ in range(KILLS_PER_LOOP))
     output, cache, log = folder / "out", folder / "cache", folder / "out.log"
     kills, problems, starts = [], [], 0
+    reuse_seconds = REUSE_SECONDS  # shrinks to what a start that reused everything took, once one finished
 
     while len(kills) < KILLS_PER_LOOP and starts < MAX_STARTS_PER_LOOP and not problems:
         target = targets[len(kills)]
         done = _work_done(output, cache, timings)
         # A point that the saved records already passed lands in this start's reuse and writing phase instead.
-        delay = target - done if target > done else rng.uniform(0.0, REUSE_SECONDS)
+        reusing = target <= done
+        delay = rng.uniform(0.0, reuse_seconds) if reusing else target - done
         markers = log.read_text(encoding="utf-8", errors="replace").count(STARTED_MARKER) if log.exists() else 0
         process = _start(folder, "out", cache)
         starts += 1
         if _wait_until_started(process, log, markers):
+            started = time.monotonic()
             try:
                 process.wait(timeout=delay)
             except subprocess.TimeoutExpired:
                 process.send_signal(signal.SIGKILL)
                 process.wait()
                 kills.append((round(target, 1), sorted(_stages_done(output))))
+            else:
+                if reusing:
+                    reuse_seconds = min(reuse_seconds, 0.9 * (time.monotonic() - started))
         if process.returncode not in (0, -signal.SIGKILL):
             problems.append(f"start {starts} exited with {process.returncode}; see {log}")
         problems.extend(f"after start {starts}: {problem}" for problem in _check_no_partial_files(output, cache))
