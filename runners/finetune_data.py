@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from spqr_metric.judges.images import to_rgb
+
 logger = logging.getLogger(__name__)
 
 _METADATA_FILES = ("metadata.jsonl", "metadata.csv")
@@ -75,8 +77,7 @@ class ImageTextData:
         fingerprint = _hash([identity, list(captions)])
 
         def load(index: int) -> Image.Image:
-            with Image.open(paths[index]) as image:
-                return image.convert("RGB")
+            return to_rgb(paths[index])
 
         return cls(captions, load, fingerprint, source=f"{len(paths)} image files")
 
@@ -112,7 +113,7 @@ class ImageTextData:
         images = dataset.select_columns([image_column])
 
         def load(index: int) -> Image.Image:
-            return images[index][image_column].convert("RGB")
+            return to_rgb(images[index][image_column])
 
         return cls(captions, load, _hash([dataset._fingerprint, image_column, caption_column]), source=source)
 
@@ -120,7 +121,8 @@ class ImageTextData:
         return len(self._captions)
 
     def image(self, index: int) -> Image.Image:
-        """Return the image at ``index`` in RGB."""
+        """Return the image at ``index`` in RGB, as the judges read images: EXIF orientation applied, 16-bit
+        grayscale scaled to 8 bits."""
         return self._load_image(index)
 
     def caption(self, index: int, rng: random.Random) -> str:

@@ -297,6 +297,38 @@ def test_crop_center_takes_middle():
     assert pixels[0, 0, -1] == 1.0
 
 
+def test_files_exif_orientation_applied(tmp_path):
+    # Stored 16 wide and 8 high with "rotate 90" in EXIF: a viewer, and the judges, show it 8 wide and 16 high.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "rotated.jpg"
+    Image.new("RGB", (16, 8), (200, 10, 10)).save(path, exif=exif)
+
+    image = ImageTextData.from_files([path], ["a red card"]).image(0)
+
+    assert image.size == (8, 16)
+    assert image.mode == "RGB"
+
+
+def test_files_16_bit_grayscale_scaled(tmp_path):
+    path = tmp_path / "deep.png"
+    Image.fromarray(np.full((8, 8), 128 * 257, dtype=np.uint16)).save(path)  # mid grey in 16 bits
+
+    image = ImageTextData.from_files([path], ["a grey square"]).image(0)
+
+    assert np.asarray(image).max() == 128  # a plain convert("RGB") clips it to 255
+
+
+def test_files_unreadable_image_named(tmp_path):
+    from spqr_metric.judges.images import ImageReadError
+
+    path = tmp_path / "broken.png"
+    path.write_bytes(b"not a png")
+
+    with pytest.raises(ImageReadError, match="broken.png"):
+        ImageTextData.from_files([path], ["a caption"]).image(0)
+
+
 def test_crop_random_window_follows_rng():
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 200, 3), dtype=np.uint8))
     first = crop_image(image, 32, random.Random(1))
