@@ -53,14 +53,18 @@ def read_plain_lora(path: str | Path) -> PlainLora | None:
         The adapter, or None if the file has no adapter metadata, keys other than UNet ``lora.down`` /
         ``lora.up`` pairs, or options (DoRA, rsLoRA, per-module ranks, biases) that change the update.
     """
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
+    # The file is a few MiB at most. Parsing it from memory is about twice as fast as load_file, and its header
+    # (8 bytes of length, then JSON with "__metadata__") gives the options without a second read.
+    data = Path(path).read_bytes()
     try:
+        header_length = int.from_bytes(data[:8], "little")
+        metadata = json.loads(data[8:8 + header_length]).get("__metadata__") or {}
         options = json.loads(metadata.get("lora_adapter_metadata", "null")) or {}
-    except json.JSONDecodeError:
+    except (ValueError, AttributeError, TypeError):
+        return None
+    if not isinstance(options, dict):
         return None
     options = {key.removeprefix(_PREFIX): value for key, value in options.items() if key.startswith(_PREFIX)}
     if not options or any(options.get(key, default) != default for key, default in _PLAIN_OPTIONS.items()):
@@ -69,7 +73,7 @@ def read_plain_lora(path: str | Path) -> PlainLora | None:
     if not isinstance(rank, int) or rank <= 0 or not isinstance(alpha, (int, float)):
         return None
 
-    state = load_file(str(path))
+    state = load(data)
     pairs = {}
     for key, down in state.items():
         if key.endswith(_UP):
@@ -110,17 +114,21 @@ def _lora_hook(down: torch.Tensor, up: torch.Tensor, scaling: float):
 def attach_lora(unet: nn.Module, lora: PlainLora) -> AttachedLora:
     """Add ``lora``'s update to the linear layers of ``unet`` that it names, through forward hooks.
 
-    The adapter's matrices go to each layer's device, in float32 when the layer is float16 or bfloat16 (as peft
-    keeps adapter weights by default) and in the layer's dtype otherwise.
+    The adapter's matrices go to each layer's device and dtype, as ``load_lora_weights`` puts them.
 
     Raises:
         ValueError: If a module path is not a linear layer of ``unet`` or the matrices' shapes do not fit it.
             Nothing is attached then.
     """
-    modules = dict(unet.named_modules())
+    modules = {}
+    for module_path in lora.pairs:
+        try:
+            modules[module_path] = unet.get_submodule(module_path)
+        except AttributeError:
+            modules[module_path] = None
     problems = []
     for module_path, (down, up) in lora.pairs.items():
-        module = modules.get(module_path)
+        module = modules[module_path]
         if not isinstance(module, nn.Linear):
             problems.append(f"{module_path} (not a linear layer of the UNet)")
         elif down.shape[1] != module.in_features or up.shape[0] != module.out_features:
@@ -131,10 +139,8 @@ def attach_lora(unet: nn.Module, lora: PlainLora) -> AttachedLora:
                          f"{', '.join(problems[:5])}. It was probably trained for another model.")
     handles = []
     for module_path, (down, up) in lora.pairs.items():
-        module = modules[module_path]
-        dtype = torch.float32 if module.weight.dtype in (torch.float16, torch.bfloat16) else module.weight.dtype
-        device = module.weight.device
-        hook = _lora_hook(down.to(device=device, dtype=dtype), up.to(device=device, dtype=dtype), lora.scaling)
-        handles.append(module.register_forward_hook(hook))
+        weight = modules[module_path].weight
+        down, up = down.to(device=weight.device, dtype=weight.dtype), up.to(device=weight.device, dtype=weight.dtype)
+        handles.append(modules[module_path].register_forward_hook(_lora_hook(down, up, lora.scaling)))
     logger.debug("Attached a LoRA adapter to %d linear layers through hooks", len(handles))
     return AttachedLora(handles)
