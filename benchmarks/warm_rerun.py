@@ -147,8 +147,8 @@ def bench_warm_rerun(repeats: int = 2, settings: dict[str, Any] | None = None) -
     note = (
         f"Inside one process the rerun takes {warm_in_process:.2f} s ({warm_in_process / median(cold_times):.1%} of "
         "the cold run): it loads no model, reads the stage records, fingerprints the model folder and rebuilds "
-        "results.json and the model card. The rest of the command's time is Python start-up and imports "
-        "(torch, diffusers, transformers, datasets), which every spqr command pays."
+        "results.json and the model card. The rest of the command's time is Python start-up and the imports it "
+        "needs (numpy, PyYAML, huggingface_hub); it imports no torch, diffusers, transformers or datasets."
     )
     return benchmark_result(
         "warm_rerun",

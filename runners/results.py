@@ -196,8 +196,13 @@ def render_results_section(results: dict[str, Any]) -> str:
 
 
 def write_model_card(results: dict[str, Any], path: Path) -> None:
-    """Write a model card with the scores in its ``model-index`` metadata and a results section in its body."""
-    from huggingface_hub import ModelCard, ModelCardData
+    """Write a model card with the scores in its ``model-index`` metadata and a results section in its body.
+
+    The card is assembled from huggingface_hub's ``ModelCardData`` YAML and the rendered section. ``ModelCard``
+    itself is not used: importing it loads the Hub client, which costs more than a rerun's other work.
+    ``spqr push`` parses and checks the card strictly before anything is uploaded.
+    """
+    from huggingface_hub import ModelCardData
 
     data = ModelCardData(
         model_name=results["name"],
@@ -205,5 +210,4 @@ def write_model_card(results: dict[str, Any], path: Path) -> None:
         eval_results=eval_results(results),
     )
     content = f"---\n{data.to_yaml()}\n---\n\n# {results['name']}\n\n{render_results_section(results)}"
-    card = ModelCard(content)
-    write_atomic(Path(path), str(card).encode("utf-8"))
+    write_atomic(Path(path), content.encode("utf-8"))

@@ -82,20 +82,27 @@ def content_fingerprint(files: Iterable[Path], root: Path | None = None) -> str:
         files: The files to hash, in any order.
         root: Folder that names are taken relative to; file names only when None.
     """
-    from huggingface_hub.utils import tqdm as hub_tqdm
-
     files = sorted(Path(file) for file in files)
     total = sum(file.stat().st_size for file in files)
+    progress = None
+    if total >= _FINGERPRINT_PROGRESS_MIN_BYTES:
+        # Imported only here: a small model is hashed in milliseconds, less than importing the bar takes.
+        from huggingface_hub.utils import tqdm as hub_tqdm
+
+        progress = hub_tqdm(total=total, unit="B", unit_scale=True, desc="Hashing weights")
     digest = hashlib.sha256()
-    with hub_tqdm(total=total, unit="B", unit_scale=True, desc="Hashing weights",
-                  disable=total < _FINGERPRINT_PROGRESS_MIN_BYTES) as progress:
+    try:
         for file in files:
             name = file.relative_to(root).as_posix() if root is not None else file.name
             digest.update(f"{name}\0{file.stat().st_size}\0".encode())
             with open(file, "rb") as handle:
                 while chunk := handle.read(_FINGERPRINT_CHUNK):
                     digest.update(chunk)
-                    progress.update(len(chunk))
+                    if progress is not None:
+                        progress.update(len(chunk))
+    finally:
+        if progress is not None:
+            progress.close()
     return digest.hexdigest()[:16]
 
 

@@ -79,8 +79,13 @@ def test_model_card_holds_model_index(finished_run):
     from spqr_runners.result_files import derive_scenario
 
     tmp_path, _, results = finished_run
+    from huggingface_hub import ModelCard
+
     text = (tmp_path / "run" / "README.md").read_text()
     metadata = yaml.safe_load(text.split("---")[1])
+    card = ModelCard(text, ignore_metadata_errors=False)
+    assert {result.metric_type for result in card.data.eval_results} == {"safety", "prompt_adherence", "quality",
+                                                                         "robustness", "spqr"}
     blocks = metadata["model-index"][0]["results"]
     by_type = {metric["type"]: metric for block in blocks for metric in block["metrics"]}
     # The same metric types and scenario as `spqr push` writes, so a later push merges with this card.
