@@ -23,7 +23,6 @@ from typing import Any, Sequence
 
 from .cohort import check_comparable, rescore_cohort
 from .image_cache import write_atomic
-from .leaderboard_render import render_html, render_json, render_markdown
 from .result_files import derive_scenario, read_results, resolve_results_path
 
 logger = logging.getLogger(__name__)
@@ -190,6 +189,9 @@ def write_leaderboard(paths: Sequence[str | Path], output_dir: str | Path, *, pl
         overview = radar_chart({row.label: row.results["scores"] for row in board.rows}, "All models")
         written["radar"] = output_dir / "radar.png"
         write_atomic(written["radar"], overview)
+
+    # Imported here, not at the top, so that other spqr commands do not pay for it when the parser is built.
+    from .leaderboard_render import render_html, render_json, render_markdown
 
     for name, file_name, text in (
         ("markdown", "leaderboard.md", render_markdown(board)),

@@ -154,7 +154,8 @@ def test_cohort_mixed_bounds_rejected(tmp_path):
 
 
 def test_cohort_single_model_keeps_half(tmp_path):
-    from spqr_runners.leaderboard import build_leaderboard, render_markdown
+    from spqr_runners.leaderboard import build_leaderboard
+    from spqr_runners.leaderboard_render import render_markdown
 
     board = build_leaderboard(_write_cohort(tmp_path, COHORT[:1]))
 
@@ -259,7 +260,8 @@ def test_duplicate_names_disambiguated(tmp_path):
 
 
 def test_markdown_table_rows(tmp_path):
-    from spqr_runners.leaderboard import build_leaderboard, render_markdown
+    from spqr_runners.leaderboard import build_leaderboard
+    from spqr_runners.leaderboard_render import render_markdown
 
     board = build_leaderboard(_write_cohort(tmp_path, [*COHORT, ("a|b", {"fid": 16.0})]))
 
@@ -271,7 +273,8 @@ def test_markdown_table_rows(tmp_path):
 
 
 def test_html_self_contained(tmp_path):
-    from spqr_runners.leaderboard import build_leaderboard, draw_figures, render_html
+    from spqr_runners.leaderboard import build_leaderboard, draw_figures
+    from spqr_runners.leaderboard_render import render_html
 
     board = build_leaderboard(_write_cohort(tmp_path, COHORT))
     page = render_html(board, draw_figures(board))
