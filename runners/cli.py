@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -132,7 +133,24 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                         "(default: $SPQR_CACHE or ~/.cache/spqr)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Subcommands defined in other modules, which are imported only when their command is chosen, so that other
+# commands (a rerun of a finished run, for example) do not pay for importing them: name -> (module, help).
+COMMANDS_ELSEWHERE = {
+    "prompts": ("spqr_dataset.cli", "build and publish the SPQR prompt dataset"),
+    "push": ("spqr_runners.push", "write a run's SPQR scores into a model repository's card and .eval_results on "
+             "the Hub"),
+    "leaderboard": ("spqr_runners.leaderboard", "rank runs of one scenario by SPQR: Markdown table, sortable HTML "
+                    "page and PNG figures"),
+    "metric": ("spqr_runners.metric_push", "publish the SPQR evaluate metric"),
+}
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """Return the ``spqr`` parser with every subcommand; only the one that ``argv`` chooses is fully defined.
+
+    Args:
+        argv: The arguments that will be parsed; ``sys.argv[1:]`` when None.
+    """
     parser = argparse.ArgumentParser(prog="spqr", description="Run the SPQR benchmark for safety-aligned "
                                      "text-to-image models.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for libraries)")
@@ -157,25 +175,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(sweep)
     sweep.set_defaults(handler=_command_sweep)
 
-    try:
-        from spqr_dataset.cli import register as register_prompt_commands
-    except ImportError:  # the dataset tools are optional for the runners
-        register_prompt_commands = None
-    if register_prompt_commands is not None:
-        register_prompt_commands(commands)
-
-    from .leaderboard import register as register_leaderboard
-    from .metric_push import register as register_metric_commands
-    from .push import register as register_push
-
-    register_push(commands)
-    register_leaderboard(commands)
-    register_metric_commands(commands)
+    chosen = _chosen_command(sys.argv[1:] if argv is None else argv)
+    for name, (module, help_text) in COMMANDS_ELSEWHERE.items():
+        if name == chosen:
+            importlib.import_module(module).register(commands)
+        else:
+            # A stub that only lists the command in `spqr --help`; choosing the command registers the real one.
+            commands.add_parser(name, help=help_text)
     return parser
 
 
+def _chosen_command(argv: Sequence[str]) -> str | None:
+    """Return the subcommand in ``argv``: the first argument that is not an option (top-level options take no
+    value)."""
+    return next((argument for argument in argv if not argument.startswith("-")), None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     _setup_logging(-1 if args.quiet else args.verbose)
     try:

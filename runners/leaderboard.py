@@ -213,9 +213,11 @@ def _command_leaderboard(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``leaderboard`` subcommand to the ``spqr`` command line's subparsers and return its parser."""
+    from .cli import COMMANDS_ELSEWHERE
+
     parser = subparsers.add_parser(
         "leaderboard",
-        help="rank runs of one scenario by SPQR: Markdown table, sortable HTML page and PNG figures",
+        help=COMMANDS_ELSEWHERE["leaderboard"][1],
         description="Rank results of one protocol and scenario by SPQR. Q is recomputed over the runs given "
         "(min-max of their FIDs) unless every run carries the same fid_bounds.",
     )

@@ -179,7 +179,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     Each command sets `handler`, a function that takes the parsed arguments and returns an exit code.
     """
-    metric = subparsers.add_parser("metric", help="publish the SPQR evaluate metric")
+    from .cli import COMMANDS_ELSEWHERE
+
+    metric = subparsers.add_parser("metric", help=COMMANDS_ELSEWHERE["metric"][1])
     commands = metric.add_subparsers(dest="metric_command", required=True, metavar="COMMAND")
     push = commands.add_parser(
         "push",

@@ -211,9 +211,11 @@ def _command_push(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``push`` subcommand to the ``spqr`` command line's subparsers and return its parser."""
+    from .cli import COMMANDS_ELSEWHERE
+
     parser = subparsers.add_parser(
         "push",
-        help="write a run's SPQR scores into a model repository's card and .eval_results on the Hub",
+        help=COMMANDS_ELSEWHERE["push"][1],
         description="Merge a run's SPQR scores into the model card's model-index and results section and into "
         ".eval_results/spqr.yaml, in one commit or pull request. The token comes from HF_TOKEN or `hf auth login`.",
     )

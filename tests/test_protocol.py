@@ -165,6 +165,24 @@ def test_cli_check_accepts_valid_config(tmp_path, capsys):
     assert "valid" in capsys.readouterr().out
 
 
+def test_cli_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    listing = capsys.readouterr().out
+    assert exited.value.code == 0
+    for command in ("demo", "run", "sweep", "prompts", "push", "leaderboard", "metric"):
+        assert f"    {command} " in listing, command
+
+
+@pytest.mark.parametrize("command", ["prompts", "push", "leaderboard", "metric"])
+def test_cli_other_module_command_defined(command, capsys):
+    # Chosen commands get their real parser, with arguments, not the stub that only lists them.
+    with pytest.raises(SystemExit) as exited:
+        main(["-q", command, "--help"])
+    assert exited.value.code == 0
+    assert len(capsys.readouterr().out.splitlines()) > 4
+
+
 def test_cli_names_invalid_field(tmp_path, capsys):
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump({**SMALL_RUN, "generation": {"steps": 0, "colour": "red"}}))
