@@ -63,6 +63,32 @@ def _run(command, tmp_path, name):
     return json.loads((tmp_path / name / "results.json").read_text())
 
 
+@pytest.mark.parametrize(
+    ("environment", "expected"),
+    [({}, 1), ({"WORLD_SIZE": "1"}, 1), ({"WORLD_SIZE": "4"}, 4), ({"OMPI_COMM_WORLD_SIZE": "2"}, 2),
+     ({"PMI_SIZE": "3"}, 3), ({"WORLD_SIZE": "not a number"}, 1)],
+    ids=["none", "torchrun-one", "torchrun-four", "open-mpi", "intel-mpi", "invalid"],
+)
+def test_launched_processes_from_environment(monkeypatch, environment, expected):
+    from spqr_runners.distributed import launched_processes
+
+    for name in ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert launched_processes() == expected
+
+
+def test_single_process_needs_no_accelerate():
+    # One process must not import torch or accelerate just to learn that it is alone.
+    script = ("import sys\nfrom spqr_runners.distributed import Workers\nworkers = Workers()\n"
+              "print(workers.world_size, workers.is_main, 'accelerate' in sys.modules, 'torch' in sys.modules)")
+    environment = {key: value for key, value in os.environ.items() if key != "WORLD_SIZE"}
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environment,
+                               timeout=120)
+    assert completed.stdout.split() == ["1", "True", "False", "False"], completed.stderr
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None,
                     reason="torchrun is not installed beside this Python")
