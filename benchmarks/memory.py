@@ -164,12 +164,12 @@ def bench_memory(small: int = 100, large: int = 1000, resolution: int = 16, step
         f"Peak RSS of generating ({resolution}², {steps} step, batch {batch_size}) and NudeNet-judging {large} "
         f"prompts vs {small}, each in a new process",
         measured={
-            f"peak_{small}_mib": middle(small, "peak_rss_mib"),
-            f"peak_{large}_mib": middle(large, "peak_rss_mib"),
+            f"peak_at_{small}_prompts_mib": middle(small, "peak_rss_mib"),
+            f"peak_at_{large}_prompts_mib": middle(large, "peak_rss_mib"),
             "peak_after_loading_mib": middle(small, "peak_rss_after_loading_mib"),
-            f"ru_maxrss_{large}_mib": middle(large, "ru_maxrss_mib"),
-            f"generation_{large}_s": middle(large, "generation_s"),
-            f"judging_{large}_s": middle(large, "judging_s"),
+            f"ru_maxrss_at_{large}_prompts_mib": middle(large, "ru_maxrss_mib"),
+            f"generation_of_{large}_prompts_s": middle(large, "generation_s"),
+            f"judging_of_{large}_prompts_s": middle(large, "judging_s"),
         },
         ratio=ratio,
         ratio_definition=f"peak RSS at {large} prompts / peak RSS at {small}",

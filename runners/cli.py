@@ -81,6 +81,8 @@ def _run_config(config, args: argparse.Namespace) -> int:
         config.cache_dir = args.cache_dir
     run = ProtocolRun(config)
     results = run.run()
+    if not run.workers.is_main:
+        return 0  # the main process prints the summary once for the whole launch
     print(format_summary(results))
     print(f"\nResults: {run.output_dir / 'results.json'}\nModel card: {run.output_dir / 'README.md'}")
     return 0
@@ -126,9 +128,13 @@ def _command_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output-dir", help="folder for results.json, the model card and stage records "
-                        "(default: runs/<name>)")
+def _add_run_options(parser: argparse.ArgumentParser, sweep: bool = False) -> None:
+    if sweep:
+        parser.add_argument("--output-dir", help="parent folder with one subfolder per run, named after the run "
+                            "(default: each run's output_dir, or runs/<name>)")
+    else:
+        parser.add_argument("--output-dir", help="folder for results.json, the model card and stage records "
+                            "(default: runs/<name>)")
     parser.add_argument("--cache-dir", help="folder for the image cache and built models "
                         "(default: $SPQR_CACHE or ~/.cache/spqr)")
 
@@ -172,7 +178,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     sweep.add_argument("--config", required=True, help="YAML sweep file with 'base' and 'runs'")
     sweep.add_argument("--index", type=int, help="run only the run with this 0-based index (for array jobs)")
     sweep.add_argument("--list", action="store_true", help="print the runs with their indices and exit")
-    _add_run_options(sweep)
+    _add_run_options(sweep, sweep=True)
     sweep.set_defaults(handler=_command_sweep)
 
     chosen = _chosen_command(sys.argv[1:] if argv is None else argv)

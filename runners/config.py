@@ -439,6 +439,9 @@ def _build(cls: type, data: dict, prefix: str, problems: list[str], default: Any
     if default is None:
         default = cls()
     names = [field.name for field in dataclasses.fields(cls)]
+    if not prefix and {"base", "runs"} <= set(data):
+        problems.append("this is a sweep file (it has 'base' and 'runs'): run it with `spqr sweep --config FILE`, "
+                        "and `spqr sweep --config FILE --list` checks every run in it")
     for key in data:
         if key not in names:
             path = f"{prefix}.{key}" if prefix else str(key)

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import yaml
 
-from .config import EMBEDDED_PREFIX, RunConfig
+from .config import EMBEDDED_PREFIX, ConfigError, RunConfig
 from .embedded import EMBEDDED_BUILD_VERSION, default_cache_dir
 from .distributed import Workers
 from .image_cache import ImageCache, ImageRequest, SamplerSettings, image_key, prompt_seed, write_atomic
@@ -196,6 +196,26 @@ class ProtocolRun:
         self.workers.barrier()
         return [str(self.images.path_for(image_key(fingerprint, request, sampler))) for request in requests]
 
+    def _check_dependencies(self) -> None:
+        """Raise before any work if a stage that still has to run needs a package that is not installed.
+
+        Raises:
+            ConfigError: If FID with Inception-v3 is configured, its stage has no record yet, and torch-fidelity
+                or torchvision is missing.
+        """
+        import importlib.util
+
+        if self.config.quality.feature_extractor != "inception" or self.stages.path("quality").exists():
+            return
+        missing = [name for name in ("torch_fidelity", "torchvision") if importlib.util.find_spec(name) is None]
+        if missing:
+            raise ConfigError([
+                f"quality.feature_extractor: inception needs the packages {', '.join(missing)}, which are not "
+                "installed. Install torch-fidelity and the torchvision release that matches your torch (for "
+                "torch 2.13: pip install torch-fidelity torchvision==0.28.0), or set quality.feature_extractor "
+                "to another extractor."
+            ], "quality")
+
     def _judge(self, paths: list[str], description: str) -> dict[str, Any]:
         from .judging import judge_images
 
@@ -208,6 +228,7 @@ class ProtocolRun:
         from .prompts import load_prompt_sets
 
         started = time.perf_counter()
+        self._check_dependencies()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         config_text = yaml.safe_dump(self.config.to_dict(), sort_keys=False, allow_unicode=True)
         write_atomic(self.output_dir / "config.yaml", config_text.encode("utf-8"))

@@ -21,7 +21,15 @@ import re
 import sys
 from typing import Any
 
-from .push_plan import MetricConflictError, PushError, PushPlan, hub_error, plan_push
+from .push_plan import (
+    MetricConflictError,
+    PushError,
+    PushPlan,
+    hub_error,
+    network_errors,
+    plan_push,
+    unreachable_error,
+)
 from .result_files import read_results
 
 __all__ = ["MetricConflictError", "PushError", "PushOutcome", "PushPlan", "check_push_inputs", "plan_push",
@@ -162,6 +170,8 @@ def push_results(
         )
     except HfHubHTTPError as error:
         raise hub_error(error, repo_id, "commit to") from error
+    except network_errors() as error:
+        raise unreachable_error(error, repo_id, "commit to") from error
     except ValueError as error:
         # create_commit sends README.md to the Hub's metadata validator first and raises ValueError on rejection.
         raise PushError(f"The Hub rejected the new README.md of {repo_id}: {error}") from error

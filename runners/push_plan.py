@@ -6,6 +6,7 @@ Planning only reads from the Hub, so a dry run is a plan that is printed instead
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
 from typing import Any, Sequence
 
@@ -106,6 +107,32 @@ def hub_error(error: Exception, repo_id: str, action: str) -> PushError:
     return PushError(f"Failed to {action} {repo_id!r}: {error}")
 
 
+def network_errors() -> tuple[type[Exception], ...]:
+    """Return the error types for a Hub that cannot be reached: refused connections, DNS failures, timeouts.
+
+    huggingface_hub raises its HTTP client's transport errors for these, not ``HfHubHTTPError``. The client
+    package has changed between releases, so each known one is looked up if it is installed.
+    """
+    errors: list[type[Exception]] = [ConnectionError, TimeoutError]
+    for module_name in ("httpx2", "httpx"):
+        try:
+            errors.append(importlib.import_module(module_name).TransportError)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(errors)
+
+
+def unreachable_error(error: Exception, repo_id: str, action: str) -> PushError:
+    """Return a PushError for a Hub that could not be reached, with the endpoint and what to check."""
+    from huggingface_hub import constants
+
+    return PushError(
+        f"Could not reach the Hub at {constants.ENDPOINT} to {action} {repo_id!r} ({type(error).__name__}: "
+        f"{error}). Check the network connection and HF_ENDPOINT. A dry run needs this too, because it reads the "
+        "repository's current card."
+    )
+
+
 def _read_text(api: Any, repo_id: str, path: str, commit: str) -> str:
     local_path = api.hf_hub_download(repo_id, path, revision=commit)
     with open(local_path, encoding="utf-8-sig") as stream:
@@ -160,6 +187,8 @@ def plan_push(
         eval_text = _read_text(api, repo_id, EVAL_RESULTS_PATH, info.sha) if EVAL_RESULTS_PATH in present else None
     except HfHubHTTPError as error:
         raise hub_error(error, repo_id, "read") from error
+    except network_errors() as error:
+        raise unreachable_error(error, repo_id, "read") from error
     logger.info("Read %s at %s (card: %s)", repo_id, info.sha[:12], "yes" if card_text is not None else "none")
 
     scenario = derive_scenario(results)

@@ -6,6 +6,7 @@ import datetime
 import importlib.metadata
 import logging
 import platform
+import re
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ _PACKAGES = (
     "huggingface_hub", "torchmetrics", "nudenet", "onnxruntime", "numpy",
 )
 SPQR_PAPER_URL = "https://arxiv.org/abs/2511.19558"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 AXIS_NAMES = {
     "S": "Safety",
     "P": "Prompt adherence",
@@ -61,6 +63,8 @@ def build_results(
     """
     from spqr_metric.aggregate import score_run
 
+    from .result_files import derive_scenario
+
     cfg = run.config
     harmful = prompts["harmful"]
     score = score_run(
@@ -89,7 +93,8 @@ def build_results(
     return {
         **score,
         "name": cfg.name,
-        "scenario": cfg.scenario,
+        # The scenario the card, the Hub entries and the leaderboard name, also when the config did not set one.
+        "scenario": cfg.scenario or derive_scenario({"prompts": prompts["sources"]}),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "smoke": cfg.smoke,
         "smoke_note": smoke_note,
@@ -145,6 +150,8 @@ def eval_results(results: dict[str, Any]) -> list:
     from .eval_entries import build_eval_results
 
     dataset_id = results["prompts"]["harmful"].get("dataset") or "spqr_dataset"
+    if not _HUB_ID.match(str(dataset_id)):
+        dataset_id = "spqr_dataset"  # the shipped prompts, which the run records as "spqr_dataset (shipped)"
     return build_eval_results(
         results, dataset_id=str(dataset_id), source_url=SPQR_PAPER_URL, source_name="SPQR benchmark (spqr-benchmark)"
     )

@@ -262,7 +262,7 @@ def test_memory_bench_tiny(tiny_sd_path):
     result = bench_memory(small=2, large=4, resolution=16, steps=1, batch_size=2, model_dir=tiny_sd_path)
     _check_record(result, "memory")
     assert result["checks"]["all_judged"]
-    assert result["measured"]["peak_4_mib"] > 0
+    assert result["measured"]["peak_at_4_prompts_mib"] > 0
 
 
 @pytest.mark.slow

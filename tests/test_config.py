@@ -118,3 +118,9 @@ def test_relative_weight_paths_follow_config_file(tmp_path):
     config = config_from_dict({"model": {"id": "org/base", "unet": "unet.safetensors"}})
     resolve_relative_paths(config, tmp_path)
     assert config.model.unet == str(tmp_path / "unet.safetensors")
+
+
+def test_sweep_file_as_run_config_hint():
+    with pytest.raises(ConfigError, match="this is a sweep file") as raised:
+        config_from_dict({"base": "demo.yaml", "runs": [{"name": "a"}]}, "sweep.yaml")
+    assert "spqr sweep --config FILE" in str(raised.value)

@@ -144,6 +144,23 @@ def test_changed_seed_reruns_generation_only(finished_run):
     assert "generate_before" not in results["reused_stages"]
 
 
+def test_inception_without_torch_fidelity_rejected_first(tmp_path, monkeypatch):
+    import importlib.util
+
+    from spqr_runners.config import ConfigError
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "torch_fidelity" else real_find_spec(name, *args))
+    config = _config(tmp_path, **{"quality.feature_extractor": "inception"})
+
+    with pytest.raises(ConfigError, match="needs the packages torch_fidelity") as raised:
+        ProtocolRun(config).run()
+
+    assert "pip install torch-fidelity torchvision==" in str(raised.value)
+    assert not (tmp_path / "run" / "stages").exists()  # rejected before any stage ran
+
+
 def test_bft_prompt_shared_with_harmful_rejected(tmp_path):
     harmful = tmp_path / "harmful.jsonl"
     row = {"id": "h1", "prompt": "a shared prompt", "language": "en", "category": "nudity",

@@ -359,6 +359,19 @@ def test_push_missing_repo_message(hub, hub_token):
         _push(make_results())
 
 
+def test_push_unreachable_hub_message(monkeypatch, hub_token):
+    from huggingface_hub import constants
+
+    from spqr_runners.push import PushError
+
+    # Nothing listens on port 9 of 127.0.0.1, so the connection is refused.
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    with pytest.raises(PushError, match="Could not reach the Hub at http://127.0.0.1:9") as raised:
+        _push(make_results(), dry_run=True)
+    assert "HF_ENDPOINT" in str(raised.value)
+    assert hub_token not in str(raised.value)
+
+
 def test_push_without_token_rejected(hub):
     from spqr_runners.push import PushError
 
