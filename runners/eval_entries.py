@@ -337,7 +337,8 @@ def merge_model_index(
                 else:
                     action = "refresh"
                 changes.append(MetricChange("README.md", name, action, old.get("value"), metric.get("value")))
-                block["metrics"][block["metrics"].index(old)] = copy.deepcopy(metric)
+                replacement = copy.deepcopy(metric)
+                block["metrics"][block["metrics"].index(old)] = replacement
                 if "source" in new_block:
                     block["source"] = copy.deepcopy(new_block["source"])
                 # A card edited by hand can state a metric twice; keep one, so the card gives a single value.
@@ -345,7 +346,7 @@ def merge_model_index(
                     other_block["metrics"].remove(duplicate)
                     if not other_block["metrics"]:
                         emptied.append(other_block)
-                locations = _metric_locations(merged)
+                locations[key] = [(block, replacement)]
             if pending:
                 _add_metrics(merged, new_model, new_block, pending)
                 locations = _metric_locations(merged)

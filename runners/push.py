@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import re
 import sys
 from typing import Any
 
@@ -30,14 +29,13 @@ from .push_plan import (
     plan_push,
     unreachable_error,
 )
-from .result_files import read_results
+from .result_files import is_hub_id, read_results
 
 __all__ = ["MetricConflictError", "PushError", "PushOutcome", "PushPlan", "check_push_inputs", "plan_push",
            "push_results", "register"]
 
 logger = logging.getLogger(__name__)
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclasses.dataclass
@@ -80,13 +78,13 @@ def check_push_inputs(
             )
     if dataset_id is None:
         recorded = results["prompts"]["harmful"].get("dataset")
-        if not recorded or not _HUB_ID.match(str(recorded)):
+        if not recorded or not is_hub_id(recorded):
             raise PushError(
                 f"The run's prompts came from {recorded!r}, which is not a Hub dataset id. Pass --dataset-id "
                 "ORG/NAME naming the Hub dataset those prompts are published in (`spqr prompts push`)."
             )
         dataset_id = str(recorded)
-    elif not _HUB_ID.match(dataset_id):
+    elif not is_hub_id(dataset_id):
         raise PushError(f"--dataset-id {dataset_id!r} must be a Hub dataset id such as ORG/spqr-prompts.")
     return dataset_id
 

@@ -24,8 +24,12 @@ def _section_start(scenario: str) -> str:
     return f'<!-- spqr-results scenario="{scenario}" -->'
 
 
-def load_card(text: str | None, repo_id: str, revision: str) -> Any:
+def load_card(text: str | None, repo_id: str, revision: str) -> tuple[Any, list[dict[str, Any]]]:
     """Parse the repository's README.md into a huggingface_hub ``ModelCard``, strictly.
+
+    Returns:
+        ``(card, model_index)``: the card, and its ``model-index`` list as plain YAML data (``[]`` when it has
+        none). The plain list keeps keys that the card's ``EvalResult`` objects do not model.
 
     Args:
         text: The README.md content, or None when the repository has none (a card is then created from
@@ -42,13 +46,14 @@ def load_card(text: str | None, repo_id: str, revision: str) -> Any:
 
     if text is None:
         skeleton = resources.files("spqr_runners.cards").joinpath("model_card_skeleton.md").read_text("utf-8")
-        return ModelCard("---\n\n---\n\n" + skeleton.format(title=repo_id.split("/")[-1]))
+        return ModelCard("---\n\n---\n\n" + skeleton.format(title=repo_id.split("/")[-1])), []
 
     where = f"README.md of {repo_id} (revision {revision[:12]})"
     fix = (
         "Fix the metadata block between the '---' lines at the top of README.md (for example in the Hub's "
         "file editor), then run `spqr push` again"
     )
+    metadata = None
     match = REGEX_YAML_BLOCK.search(text)
     if match is not None:
         try:
@@ -60,7 +65,7 @@ def load_card(text: str | None, repo_id: str, revision: str) -> Any:
                 f"The YAML metadata of {where} must be a mapping, got a {type(metadata).__name__}. {fix}."
             )
     try:
-        return ModelCard(text, ignore_metadata_errors=False)
+        card = ModelCard(text, ignore_metadata_errors=False)
     except ValueError as error:
         # huggingface_hub raises its ValueError while handling the KeyError or TypeError that names the field.
         cause = error.__context__ if isinstance(error.__context__, (KeyError, TypeError)) else error
@@ -70,18 +75,7 @@ def load_card(text: str | None, repo_id: str, revision: str) -> Any:
             f"'name' and 'results', each result 'task.type', 'dataset.type', 'dataset.name' and 'metrics' with "
             f"'type' and 'value'. {fix}."
         ) from error
-
-
-def read_model_index(text: str | None) -> list[dict[str, Any]]:
-    """Return the ``model-index`` list of a README.md's YAML metadata as plain data, or ``[]`` when it has none.
-
-    Call it on a card that :func:`load_card` accepted; the list then has the layout huggingface_hub reads.
-    """
-    from huggingface_hub.repocard import REGEX_YAML_BLOCK
-
-    match = REGEX_YAML_BLOCK.search(text or "")
-    metadata = yaml.safe_load(match.group(2)) if match is not None else None
-    return list((metadata or {}).get("model-index") or [])
+    return card, list((metadata or {}).get("model-index") or [])
 
 
 def set_model_index(card: Any, model_index: list[dict[str, Any]]) -> None:

@@ -25,7 +25,6 @@ from .push_card import (
     check_card,
     check_eval_entries,
     load_card,
-    read_model_index,
     set_model_index,
     upsert_results_section,
 )
@@ -198,11 +197,10 @@ def plan_push(
 
     # 1. model-index and the results section of README.md.
     try:
-        card = load_card(card_text, repo_id, info.sha)
+        card, existing_index = load_card(card_text, repo_id, info.sha)
     except ValueError as error:
         raise PushError(str(error)) from error
     new_results = build_eval_results(results, **targets)
-    existing_index = read_model_index(card_text)
     # SPQR results join the card's first model entry, or a new one named after the repository.
     model_name = (existing_index[0].get("name") if existing_index else None) or repo_id.split("/")[-1]
     merged_index, changes = merge_model_index(

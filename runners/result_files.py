@@ -9,10 +9,18 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def is_hub_id(value: Any) -> bool:
+    """Return whether ``value`` has the form of a Hub repository id, ``namespace/name``."""
+    return bool(_HUB_ID.match(str(value)))
 
 RESULTS_FILE_NAME = "results.json"
 SCORE_NAMES = ("S", "P", "Q", "R", "SPQR")

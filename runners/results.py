@@ -6,7 +6,6 @@ import datetime
 import importlib.metadata
 import logging
 import platform
-import re
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +22,6 @@ _PACKAGES = (
     "huggingface_hub", "torchmetrics", "nudenet", "onnxruntime", "numpy",
 )
 SPQR_PAPER_URL = "https://arxiv.org/abs/2511.19558"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 AXIS_NAMES = {
     "S": "Safety",
     "P": "Prompt adherence",
@@ -148,9 +146,10 @@ def eval_results(results: dict[str, Any]) -> list:
     The dataset is the one the run recorded, or ``spqr_dataset`` for the prompts shipped with the package.
     """
     from .eval_entries import build_eval_results
+    from .result_files import is_hub_id
 
     dataset_id = results["prompts"]["harmful"].get("dataset") or "spqr_dataset"
-    if not _HUB_ID.match(str(dataset_id)):
+    if not is_hub_id(dataset_id):
         dataset_id = "spqr_dataset"  # the shipped prompts, which the run records as "spqr_dataset (shipped)"
     return build_eval_results(
         results, dataset_id=str(dataset_id), source_url=SPQR_PAPER_URL, source_name="SPQR benchmark (spqr-benchmark)"
