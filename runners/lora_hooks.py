@@ -5,9 +5,9 @@ initialises each layer in Python before the saved values overwrite it, so switch
 "after fine-tuning" images costs about as much as loading a second pipeline from a warm disk cache. Benign
 fine-tuning writes its adapter in one known layout (diffusers ``lora.down`` / ``lora.up`` keys, one rank and
 alpha, no DoRA or rsLoRA). For that layout a hook on each adapted linear layer adds the same low-rank update,
-computed with the same operations and dtypes as peft's ``Linear.forward``: ``base(x) + B(A(x)) * alpha / r``,
-with ``x`` cast to the adapter's dtype and the sum cast back to the output's dtype. Attaching reads one small
-file and registers the hooks. Removing the hooks leaves the UNet's weights untouched, so the base model comes
+``base(x) + B(A(x)) * alpha / r``. It uses the same operations and dtypes as peft's ``Linear.forward``: ``x``
+is cast to the adapter's dtype, and the sum back to the output's dtype. Attaching reads one small file and
+registers the hooks. Removing the hooks leaves the UNet's weights untouched, so the base model comes
 back exactly.
 
 Adapters in any other layout go through ``load_lora_weights``; :func:`read_plain_lora` returns None for them.

@@ -142,10 +142,10 @@ def _not_cached_error(repo_id: str, revision: str | None, option: str, filename:
     from huggingface_hub import constants
 
     reason = "HF_HUB_OFFLINE=1 is set" if _is_offline() else f"the Hub at {constants.ENDPOINT} could not be reached"
-    what = f"{filename!r} of {repo_id!r}" if filename else repr(repo_id)
+    missing = f"{filename!r} of {repo_id!r}" if filename else repr(repo_id)
     command = f"hf download {repo_id}" + (f" {filename}" if filename else "") + f" --revision {revision or 'main'}"
     return ModelNotFoundError(
-        f"{option}: {what} at revision {revision or 'main'} is not in the Hugging Face cache "
+        f"{option}: {missing} at revision {revision or 'main'} is not in the Hugging Face cache "
         f"({constants.HF_HUB_CACHE}) and {reason}. Download it once with network access (`{command}`), "
         f"or set {option} to a local path."
     )

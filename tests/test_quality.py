@@ -218,6 +218,7 @@ def test_fid_same_in_process_group(tmp_path):
         synthetic_reference_images(3, size=32, seed=1), synthetic_reference_images(4, size=32, seed=0),
         reference_id="four",
     )
+
     script = tmp_path / "rank.py"
     script.write_text(_RANK_SCRIPT)
     # Rank 0 starts with an empty cache, and rank 1 reads the statistics that the FID above stored.
@@ -235,9 +236,11 @@ def test_fid_same_in_process_group(tmp_path):
     finally:
         for process in ranks:
             process.kill()
+
     for process, (_, stderr) in zip(ranks, outputs):
         assert process.returncode == 0, stderr[-3000:]
     results = [json.loads(stdout.strip().splitlines()[-1]) for stdout, _ in outputs]
+
     assert results[0]["cache"] == "miss"
     assert results[1]["cache"] == "hit"
     # Other thread counts may change the last bits of the features, so the processes agree to 1e-9.
