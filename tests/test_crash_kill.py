@@ -5,8 +5,8 @@ must agree and leave the shared cache consistent, and they are the reference. Th
 side, each in its own output, cache and HF_HOME folders. Each loop starts `spqr run` and waits until the run's
 log shows that it has started its stages. It then kills the run with SIGKILL at a point drawn from a seeded RNG
 and starts it again, 10 times, so each start resumes from what the earlier ones left. The kill points of a loop are sorted
-points of the reference run's timeline, so they spread over generation, judging, fine-tuning and writing
-results instead of piling up at the start. After every kill no file that a later run reads may be partial:
+points of the reference run's timeline, each in a stage drawn with equal chances, so they spread over
+generation, judging, fine-tuning and writing results instead of piling up in the longest stage. After every kill no file that a later run reads may be partial:
 every cached PNG decodes, every stage record and results file parses, and every complete manifest line names
 an image that exists. A final rerun of each loop must give the reference scores. Last, the reference run's
 image cache is deleted, and a rerun must generate the images again instead of failing on its stage records.
@@ -31,6 +31,11 @@ KILLS_PER_LOOP = 10
 MAX_STARTS_PER_LOOP = 25  # a start whose run finishes before its kill point does not count as a kill
 RUN_TIMEOUT_SECONDS = 600
 STARTED_MARKER = "Stage prompts: "  # the first stage line of every start, after the imports
+# `spqr run` imports the model libraries only when a stage needs them. Importing them before the command starts
+# keeps that cost, which every start pays again, out of the timeline that the kill points are drawn from.
+PRELOAD_AND_RUN = ("import sys, diffusers, onnxruntime, torch, transformers\n"
+                   "from spqr_runners.cli import main\n"
+                   "sys.exit(main(sys.argv[1:]))")
 # How long a start that reuses every record takes from its first stage line to its exit, at most (seconds). A loop
 # lowers it to what such a start took, when one finishes before its kill point.
 REUSE_SECONDS = 3.0
@@ -70,7 +75,7 @@ def _start(folder: Path, name: str, cache: Path | None = None) -> subprocess.Pop
     if not config.exists():
         config.write_text(yaml.safe_dump(RUN), encoding="utf-8")
     log = open(folder / f"{name}.log", "ab")
-    command = [sys.executable, "-m", "spqr_runners.cli", "run", "--config", str(config),
+    command = [sys.executable, "-c", PRELOAD_AND_RUN, "run", "--config", str(config),
                "--output-dir", str(folder / name), "--cache-dir", str(cache or folder / "cache")]
     try:
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=_environment(folder))
@@ -182,10 +187,32 @@ def _wait_until_started(process: subprocess.Popen, log: Path, markers_before: in
     raise TimeoutError(f"spqr run logged no stage within {RUN_TIMEOUT_SECONDS} s; see {log}")
 
 
+def _kill_targets(rng: random.Random, timings: dict) -> list[float]:
+    """Draw KILLS_PER_LOOP kill points on the reference run's timeline, sorted.
+
+    Each point picks a stage with equal chances, or the final writing of results, and then a uniform point
+    inside it. Points drawn uniformly over the whole timeline would pile up in the longest stages. The timeline
+    adds up time as ``_work_done`` credits it.
+    """
+    segments, elapsed, pipeline_loaded = [], 0.0, False
+    for stage in STAGES:
+        duration = timings.get(stage, 0.0)
+        segments.append((elapsed, duration))
+        elapsed += duration
+        if stage == STAGES[0]:
+            elapsed += _other_seconds(timings)  # the embedded models are built once the prompts are loaded
+        if stage in PIPELINE_STAGES and not pipeline_loaded:
+            elapsed += timings.get("load_pipeline", 0.0)
+            pipeline_loaded = True
+    segments.append((elapsed, 0.0))  # every stage done: the start reuses the records and writes the results
+    picks = [rng.choice(segments) for _ in range(KILLS_PER_LOOP)]
+    return sorted(start + rng.uniform(0.0, duration) for start, duration in picks)
+
+
 def _kill_loop(folder: Path, seed: int, timings: dict) -> dict:
     """Kill and restart one run KILLS_PER_LOOP times, then finish it; return the kills, problems and results."""
     rng = random.Random(seed)
-    targets = sorted(rng.uniform(0.0, timings["total_this_invocation"]) for _ in range(KILLS_PER_LOOP))
+    targets = _kill_targets(rng, timings)
     output, cache, log = folder / "out", folder / "cache", folder / "out.log"
     kills, problems, starts = [], [], 0
     reuse_seconds = REUSE_SECONDS  # shrinks to what a start that reused everything took, once one finished
